@@ -1,0 +1,9 @@
+"""Run every benchmark; results land in benchmarks/results/*.json."""
+
+import runpy
+from pathlib import Path
+
+HERE = Path(__file__).parent
+for script in ("pipeline_overhead.py", "features_throughput.py"):
+    print(f"== {script}")
+    runpy.run_path(str(HERE / script), run_name="__main__")

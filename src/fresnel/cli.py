@@ -1,0 +1,158 @@
+"""`fresnel <command>`: every pipeline stage by hand, with the training guide's flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _download(args) -> None:
+    from fresnel import download, params
+
+    cfg = params.load(args.params)["download"]
+    stats = download.run(
+        source=args.dataset, out_dir=args.output_dir, count=args.count, seed=cfg["seed"],
+        min_size=cfg["min_size"], on_bad_image=args.on_bad_image, datasets=cfg["datasets"],
+    )  # fmt: skip
+    print(stats)
+
+
+def _preprocess(args) -> None:
+    """The guide's preprocess_training_data: matte (optional background removal) + features."""
+    from fresnel import download, features, matte, params
+
+    cfg = params.load(args.params)
+    data_dir = Path(args.data_dir)
+    output_dir = Path(args.output_dir or data_dir / "features")
+    work = data_dir / "preprocessed"
+    dl = cfg["download"]
+    download.run(f"local:{data_dir}", work / "raw", count=args.max_images or 10**9,
+                 seed=dl["seed"], min_size=dl["min_size"], on_bad_image="skip",
+                 datasets=dl["datasets"])  # fmt: skip
+    mcfg = {**cfg["matte"], "remove_background": args.remove_background}
+    matte.run(work / "raw", work / "matted", **mcfg)
+    stats = features.run(work / "matted", args.dinov2_model, args.depth_model, output_dir,
+                         batch_size=args.batch_size, depth_size=args.depth_size,
+                         target=args.target)  # fmt: skip
+    print(stats)
+
+
+def _export(kind: str):
+    def run(args) -> None:
+        from fresnel import backbones
+
+        exporter = backbones.export_dinov2 if kind == "dinov2" else backbones.export_depth
+        print(exporter(args.source, args.output, opset=args.opset, seed=args.seed))
+
+    return run
+
+
+def _shards(args) -> None:
+    from fresnel.shards import pack
+
+    print(pack(args.images_dir, args.features_dir, args.output_dir, resolution=args.resolution,
+               shard_size=args.shard_size, seed=args.seed))  # fmt: skip
+
+
+def _dvc_yaml(args) -> None:
+    from fresnel.pipeline import dvcgen
+
+    if args.check:
+        if not dvcgen.write(args.output, check=True):
+            sys.exit(f"{args.output} is out of date with the Snakemake DAG: run `fresnel dvc-yaml`")
+        print(f"{args.output} is up to date")
+    else:
+        print(f"{args.output}: {'unchanged' if dvcgen.write(args.output) else 'written'}")
+
+
+def _check_params(args) -> None:
+    from fresnel import params
+
+    try:
+        params.load(args.file)
+    except params.ParamsError as exc:
+        sys.exit(str(exc))
+    print(f"{args.file} is valid")
+
+
+def _lint_workflow(args) -> None:
+    from fresnel.pipeline import lint
+
+    bad = lint.unexpected()
+    for where, finding in bad:
+        print(f"{where}: {finding}")
+    if bad:
+        sys.exit(f"snakemake --lint: {len(bad)} finding(s) not explained in README")
+    print("snakemake --lint: clean apart from the findings explained in README")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fresnel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download_training_data", help="download training images")
+    p.add_argument("--dataset", default="lpff", help="sample | lpff | ffhq | celeba | local:<dir>")
+    p.add_argument("--count", type=int, default=500)
+    p.add_argument("--output_dir", default="images/training")
+    p.add_argument("--on_bad_image", choices=["skip", "fail"], default="skip")
+    p.add_argument("--params", default="params.yaml", help="hub ids and splits come from here")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("preprocess_training_data", help="matte + DINOv2 and depth features")
+    p.add_argument("--data_dir", default="images/training")
+    p.add_argument("--output_dir", default=None, help="default: {data_dir}/features")
+    p.add_argument("--depth_size", type=int, default=256)
+    p.add_argument("--remove_background", action="store_true")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--max_images", type=int, default=None)
+    p.add_argument("--dinov2_model", default="models/dinov2_small.onnx")
+    p.add_argument("--depth_model", default="models/depth_anything_v2_small.onnx")
+    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "rocm", "mps"])
+    p.add_argument("--params", default="params.yaml", help="matte settings come from here")
+    p.set_defaults(func=_preprocess)
+
+    for kind, name, out, hub in (
+        ("dinov2", "export_dinov2_model", "models/dinov2_small.onnx", "facebook/dinov2-small"),
+        ("depth", "export_depth_model", "models/depth_anything_v2_small.onnx",
+         "depth-anything/Depth-Anything-V2-Small-hf"),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=f"export {kind} to ONNX")
+        p.add_argument("--source", default=hub, help="hub id, local:<HF folder>, or tiny-random")
+        p.add_argument("--output", default=out)
+        p.add_argument("--opset", type=int, default=17)
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=_export(kind))
+
+    p = sub.add_parser("pack_shards", help="pack features + targets into fp16 shards")
+    p.add_argument("--images_dir", required=True)
+    p.add_argument("--features_dir", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--shard_size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_shards)
+
+    p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
+    p.add_argument("--check", action="store_true", help="fail when dvc.yaml is out of date")
+    p.add_argument("--output", default="dvc.yaml")
+    p.set_defaults(func=_dvc_yaml)
+
+    p = sub.add_parser("lint-workflow", help="snakemake --lint minus documented findings")
+    p.set_defaults(func=_lint_workflow)
+
+    p = sub.add_parser("check-params", help="validate a params file against the schema")
+    p.add_argument("file", nargs="?", default="params.yaml")
+    p.set_defaults(func=_check_params)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The one place that maps a GPU target name to torch device, dtype, AMP policy,
+environment variables and ONNX Runtime providers.
+
+A target this torch build cannot serve is an error that names the target and the
+environment file to install from; nothing silently falls back to the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+TARGETS = ("cpu", "cuda", "rocm", "mps")
+TARGET_ENV_VAR = "FRESNEL_TARGET"
+
+# Environment each target needs in every job (the profiles put the same values in job_env).
+TARGET_ENV = {"rocm": {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}}
+
+ORT_PROVIDERS = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "rocm": ("ROCMExecutionProvider", "MIGraphXExecutionProvider", "CPUExecutionProvider"),
+    "mps": ("CoreMLExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+class TargetUnavailable(RuntimeError):
+    """The requested target cannot run with the installed torch build."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    device: str  # torch device string
+    amp_dtype: str | None  # autocast dtype name, None = AMP off
+    grad_scaler: bool  # fp16 AMP needs loss scaling
+    env: dict = field(default_factory=dict)
+
+    def torch_device(self):
+        import torch
+
+        return torch.device(self.device)
+
+    def autocast(self):
+        """Context manager for the forward pass under this target's AMP policy."""
+        import contextlib
+
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        device_type = "cuda" if self.device.startswith("cuda") else self.device
+        return torch.autocast(device_type=device_type, dtype=getattr(torch, self.amp_dtype))
+
+
+def requested_target() -> str:
+    return os.environ.get(TARGET_ENV_VAR, "cpu")
+
+
+def _install_hint(name: str) -> str:
+    return f"install the {name} torch build: `make venv TARGET={name}` (envs/{name}.txt)"
+
+
+def resolve(name: str | None = None) -> Target:
+    """Check that `name` (default: $FRESNEL_TARGET, else cpu) can run here and describe it."""
+    import torch
+
+    name = (name or requested_target()).lower()
+    if name not in TARGETS:
+        raise TargetUnavailable(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    if name == "cpu":
+        return Target("cpu", "cpu", None, False)
+    if name in ("cuda", "rocm"):
+        is_rocm_build = getattr(torch.version, "hip", None) is not None
+        if (name == "rocm") != is_rocm_build:
+            build = "ROCm" if is_rocm_build else f"CUDA {torch.version.cuda or 'none'}"
+            raise TargetUnavailable(
+                f"target {name!r} needs a {name.upper()} torch build, but torch "
+                f"{torch.__version__} is a {build} build; {_install_hint(name)}"
+            )
+        if not torch.cuda.is_available():
+            raise TargetUnavailable(
+                f"target {name!r}: torch {torch.__version__} sees no GPU "
+                f"(driver missing or no device visible); {_install_hint(name)} on a GPU machine"
+            )
+        bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
+        return Target(
+            name, "cuda", "bfloat16" if bf16 else "float16", not bf16, TARGET_ENV.get(name, {})
+        )
+    if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TargetUnavailable(
+            f"target 'mps' needs macOS on Apple silicon with an MPS-enabled torch; "
+            f"torch {torch.__version__} here has no MPS device; {_install_hint('mps')}"
+        )
+    return Target("mps", "mps", "float16", False)
+
+
+def onnx_providers(name: str, available: list[str]) -> tuple[list[str], str | None]:
+    """ONNX Runtime providers for a target, best first, and a note when the GPU one is absent.
+
+    The features stage may run on the CPU provider when onnxruntime lacks the target's GPU
+    provider (a different wheel); the note goes into provenance and the log.
+    """
+    wanted = [p for p in ORT_PROVIDERS[name] if p in available]
+    gpu_wanted = [p for p in ORT_PROVIDERS[name] if p != "CPUExecutionProvider"]
+    note = None
+    if gpu_wanted and not any(p in available for p in gpu_wanted):
+        note = (
+            f"onnxruntime has none of {gpu_wanted} for target {name!r}; features ran on "
+            f"CPUExecutionProvider (install the onnxruntime build listed in envs/{name}.txt)"
+        )
+    return wanted or ["CPUExecutionProvider"], note

@@ -1,0 +1,34 @@
+"""The few lines every workflow script shares: logging to the rule's log file, the
+target device, and a provenance record for the job's outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+from fresnel.device import requested_target
+from fresnel.provenance import Recorder
+
+
+def _setup_logging(logfile: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        handlers.append(logging.FileHandler(logfile, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=handlers, force=True,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def stage(smk, seed=None):
+    """Run a rule's body with logging set up; write provenance when it succeeds."""
+    _setup_logging(smk.log[0] if smk.log else None)
+    name = smk.rule + "".join(f"-{v}" for v in dict(smk.wildcards).values())
+    params = {k: v for k, v in smk.params.items()}
+    cfg = params.get("cfg", {})
+    seed = seed if seed is not None else cfg.get("seed")
+    with Recorder(name, params, smk.output, device=requested_target(), seed=seed) as recorder:
+        logging.getLogger("fresnel").info("%s: target %s", name, recorder.device)
+        yield recorder

@@ -1,0 +1,73 @@
+"""Generate dvc.yaml from the Snakemake DAG: one DVC stage per Snakemake job.
+
+Each stage's command asks Snakemake to run exactly that job, so both tools execute the
+same code, and its deps, params and outs are the job's inputs, params sections and outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from fresnel.pipeline.glue import SKIP_ENV, Section
+
+HEADER = (
+    "# Generated from the Snakemake DAG by `fresnel dvc-yaml`; do not edit by hand.\n"
+    "# Each stage runs its Snakemake job: `dvc repro` and `snakemake` share one definition.\n"
+)
+
+
+def _stage_name(job) -> str:
+    wildcards = "-".join(str(v) for v in job.wildcards_dict.values())
+    return f"{job.rule.name}-{wildcards}" if wildcards else job.rule.name
+
+
+def _dag_jobs(snakefile: Path, targets: list[str]):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import DAGSettings, OutputSettings, ResourceSettings
+
+    os.environ[SKIP_ENV] = "1"  # loading the Snakefile must not talk to DVC
+    with SnakemakeApi(OutputSettings(quiet=None)) as api:
+        workflow_api = api.workflow(resource_settings=ResourceSettings(), snakefile=snakefile)
+        workflow_api.dag(DAGSettings(targets=set(targets), forceall=True))
+        workflow = workflow_api._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+        workflow._build_dag()
+        return sorted(workflow.dag.jobs, key=lambda j: (j.rule.name, str(j.output)))
+
+
+def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> dict:
+    stages = {}
+    for job in _dag_jobs(Path(snakefile), list(targets)):
+        if not job.output:
+            continue  # aggregate rules (all, demo) have nothing to version
+        outs = [str(o) for o in job.output]
+        params = sorted(v.path for v in job.params if isinstance(v, Section))
+        stage = {
+            "cmd": "snakemake --force --allowed-rules {} --cores all -- {}".format(
+                job.rule.name, " ".join(outs)
+            ),
+            "deps": sorted(str(i) for i in job.input),
+        }
+        if params:
+            stage["params"] = params
+        stage["outs"] = outs
+        stages[_stage_name(job)] = stage
+    return {"stages": stages}
+
+
+def render(snakefile: str = "Snakefile") -> str:
+    return HEADER + yaml.safe_dump(build(snakefile), sort_keys=False, width=100)
+
+
+def write(path: str = "dvc.yaml", check: bool = False) -> bool:
+    """Write dvc.yaml (or, with check, only compare); True when the file was up to date."""
+    text = render()
+    current = Path(path).read_text() if Path(path).exists() else None
+    if check:
+        return current == text
+    if current != text:
+        Path(path).write_text(text)
+    return current == text

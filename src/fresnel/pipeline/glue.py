@@ -1,0 +1,157 @@
+"""What the Snakefile calls so that Snakemake and DVC always agree about what is stale.
+
+- `section`: a rule's params are whole params.yaml sections; the section remembers its key
+  path so that the generated dvc.yaml tracks exactly the params the rule uses.
+- `sync_from_dvc` (Snakefile load): stages that DVC considers up to date (after `dvc repro`,
+  a run-cache restore or `dvc pull`) are marked up to date in Snakemake's metadata too,
+  with `snakemake --touch`, so `snakemake -n` has nothing to do.
+- `commit_to_dvc` (Snakefile onsuccess): stages whose jobs Snakemake ran itself are
+  committed to dvc.lock, so `dvc status` is clean after a `snakemake` run.
+
+Both are skipped inside a DVC stage (DVC_STAGE is set) and in nested calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from fresnel.io import write_json
+from fresnel.pipeline.codedeps import code_files
+
+log = logging.getLogger(__name__)
+
+SYNC_STATE = Path(".snakemake/fresnel-dvc-sync.json")
+NESTED_ENV = "FRESNEL_NESTED_SNAKEMAKE"
+SKIP_ENV = "FRESNEL_NO_DVC_SYNC"
+_RUN_STARTED = time.time()
+
+
+class Section(dict):
+    """A params.yaml section (a plain dict for Snakemake) that knows its key path."""
+
+    def __init__(self, path: str, values: dict):
+        super().__init__(values)
+        self.path = path
+
+
+def section(config: dict, path: str) -> Section:
+    node = config
+    for key in path.split("."):
+        node = node[key]
+    return Section(path, node)
+
+
+def code_inputs(script: str) -> list[str]:
+    return list(code_files(script))
+
+
+def _active(workflow) -> bool:
+    """Only the user's own snakemake process talks to DVC, and only in a DVC repository."""
+    if os.environ.get("DVC_STAGE") or os.environ.get(NESTED_ENV) or os.environ.get(SKIP_ENV):
+        return False
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return False  # a job process spawned by the main snakemake
+    return Path(".dvc").is_dir() and Path("dvc.yaml").is_file()
+
+
+def _lock_stages() -> dict:
+    return yaml.safe_load(Path("dvc.lock").read_text()).get("stages", {}) or {}
+
+
+def _fingerprint(stages: dict) -> str:
+    """Cheap summary of everything that can change what DVC and Snakemake think is stale."""
+    digest = hashlib.sha256()
+    for name in ("dvc.lock", "dvc.yaml", "params.yaml"):
+        digest.update(Path(name).read_bytes() if Path(name).exists() else b"-")
+    for stage in sorted(stages):
+        for out in stages[stage].get("outs", []):
+            path = Path(out["path"])
+            stat = path.stat() if path.exists() else None
+            digest.update(f"{path}:{stat and (stat.st_mtime_ns, stat.st_size)}".encode())
+    return digest.hexdigest()
+
+
+def _stale_in_dvc() -> set[str]:
+    result = subprocess.run(
+        ["dvc", "status", "--json"], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`dvc status` failed:\n{result.stderr.strip()}")
+    return set(json.loads(result.stdout or "{}"))
+
+
+def _up_to_date_closure(stages: dict, stale: set[str]) -> list[str]:
+    """Stages that DVC calls up to date and whose upstream stages are all up to date."""
+    producer = {out["path"]: name for name, s in stages.items() for out in s.get("outs", [])}
+
+    def clean(name, seen=()):
+        if name in stale or name in seen:
+            return False
+        upstream = {
+            producer[d["path"]] for d in stages[name].get("deps", []) if d["path"] in producer
+        }
+        return all(clean(u, (*seen, name)) for u in upstream)
+
+    return [name for name in stages if clean(name)]
+
+
+def _nested_snakemake(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, NESTED_ENV: "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+
+
+def sync_from_dvc(workflow) -> None:
+    """Mark what DVC knows to be up to date as up to date for Snakemake (see module doc)."""
+    if not _active(workflow) or not Path("dvc.lock").is_file():
+        return
+    stages = _lock_stages()
+    fingerprint = _fingerprint(stages)
+    if SYNC_STATE.is_file() and json.loads(SYNC_STATE.read_text()).get("fp") == fingerprint:
+        return
+    clean = _up_to_date_closure(stages, _stale_in_dvc())
+    outs = [o["path"] for name in clean for o in stages[name].get("outs", [])]
+    existing = [o for o in outs if Path(o).exists()]
+    if existing:
+        result = _nested_snakemake("--touch", *existing)
+        if result.returncode != 0:
+            raise RuntimeError(f"marking DVC-restored outputs up to date failed:\n{result.stderr}")
+    write_json(SYNC_STATE, {"fp": _fingerprint(stages), "touched": existing})
+
+
+def _ran_this_session(workflow, outputs: list[str]) -> bool:
+    """True when Snakemake finished a job for these outputs in this invocation."""
+    from snakemake.io import IOFile
+
+    for out in outputs:
+        record = workflow.persistence.metadata(IOFile(out))
+        if record is None or record.endtime is None or record.starttime is None:
+            return False
+        if record.starttime < _RUN_STARTED - 1:
+            return False
+    return bool(outputs)
+
+
+def commit_to_dvc(workflow, logfile=None) -> None:
+    """`dvc commit` the stages whose jobs this Snakemake invocation ran."""
+    if not _active(workflow) or workflow.dryrun or workflow.touch:
+        return
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    ran = [name for name, s in stages.items() if _ran_this_session(workflow, s.get("outs", []))]
+    if not ran:
+        return
+    result = subprocess.run(
+        ["dvc", "commit", "--force", "--quiet", *ran], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`dvc commit {' '.join(ran)}` failed:\n{result.stderr.strip()}")
+    log.info("dvc commit: %s", ", ".join(ran))

@@ -1,0 +1,49 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKSPACE_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "workflow", "profiles", "src")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run(cmd: str, cwd: Path, check: bool = True, env: dict | None = None):
+    """Run a shell command with the venv's tools first on PATH; return the result."""
+    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(
+        cmd, shell=True, cwd=cwd, capture_output=True, text=True, env=full_env, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"`{cmd}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def make_workspace(path: Path) -> Path:
+    """A fresh git + DVC repository holding the pipeline definition (no outputs)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in WORKSPACE_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, path / name)
+    for target in ("cpu", "cuda", "rocm", "mps", "slurm"):
+        (path / target).symlink_to(f"profiles/{target}")
+    shutil.copy2(REPO / ".gitignore", path / ".gitignore")
+    run("git init -q && git config user.email t@t && git config user.name t", path)
+    run("dvc init -q && dvc config core.analytics false", path)
+    run("git add -A && git commit -qm workspace", path)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    return make_workspace(tmp_path / "ws")

@@ -1,0 +1,53 @@
+import pytest
+import yaml
+
+from conftest import REPO
+from fresnel import params
+
+
+def demo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_committed_params_and_paper_configs_are_valid():
+    params.load(REPO / "params.yaml")
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        params.load(config)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("shards.shard_size", "fast", "shards.shard_size: 'fast' is not of type 'integer'"),
+        ("features.batch_size", 0, "features.batch_size: 0 is less than the minimum of 1"),
+        ("download.source", "imagenet", "download.source: 'imagenet' does not match"),
+        ("backbones.dinov2.typo", 1, "backbones.dinov2.typo: unknown key"),
+        ("nonsense", {}, "nonsense: unknown key"),
+    ],
+)
+def test_invalid_values_name_the_key_path(path, value, message):
+    cfg = demo_params()
+    *parents, key = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[key] = value
+    with pytest.raises(params.ParamsError, match=r"params\.yaml is invalid") as err:
+        params.validate(cfg)
+    assert message in str(err.value)
+
+
+def test_missing_key_is_named():
+    cfg = demo_params()
+    del cfg["matte"]["size"]
+    with pytest.raises(params.ParamsError, match=r"matte\.size: required key is missing"):
+        params.validate(cfg)
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = demo_params()
+    cfg["shards"]["resolution"] = "big"
+    cfg["matte"]["extra"] = True
+    with pytest.raises(params.ParamsError) as err:
+        params.validate(cfg)
+    assert "shards.resolution" in str(err.value) and "matte.extra" in str(err.value)

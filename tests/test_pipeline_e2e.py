@@ -1,0 +1,117 @@
+"""End to end: the demo DAG offline, and Snakemake and DVC agreeing about what is stale."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO, make_workspace, run
+
+pytestmark = pytest.mark.slow
+
+
+def nothing_to_do(ws) -> bool:
+    out = run("snakemake -n", ws)
+    return "Nothing to be done" in out.stdout + out.stderr
+
+
+def snakemake_plan(ws) -> set[str]:
+    """Rules `snakemake -n` would run (the aggregate rule `all` left out)."""
+    out = run("snakemake -n --quiet rules", ws)
+    lines = (out.stdout + out.stderr).splitlines()
+    if "Job stats:" not in lines:
+        return set()
+    table = lines[lines.index("Job stats:") + 3 :]
+    rules = [
+        line.split()[0]
+        for line in table[: table.index(next(r for r in table if r.startswith("total")))]
+    ]
+    return set(rules) - {"all"}
+
+
+def dvc_stale(ws) -> set[str]:
+    return set(json.loads(run("dvc status --json", ws).stdout or "{}"))
+
+
+def set_param(ws, path: str, value) -> None:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    *parents, key = path.split(".")
+    node = params
+    for p in parents:
+        node = node[p]
+    node[key] = value
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo DAG run once by snakemake through the shards."""
+    ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
+    run("snakemake --profile cpu", ws)
+    return ws
+
+
+def test_demo_produces_shards_and_provenance(demo):
+    manifest = json.loads((demo / "data/shards/manifest.json").read_text())
+    assert manifest["count"] == 8 and manifest["dtype"] == "float16"
+    record = json.loads((demo / "provenance/features.json").read_text())
+    assert record["device"] == "cpu" and record["git_revision"] != "unknown"
+    assert record["params"]["cfg"] == {"batch_size": 4, "depth_size": 256}
+
+
+def test_snakemake_run_leaves_dvc_clean(demo):
+    assert dvc_stale(demo) == set()
+    assert nothing_to_do(demo)
+
+
+def test_param_edit_reruns_only_dependents_then_run_cache_restores(demo):
+    set_param(demo, "shards.shard_size", 3)
+    assert dvc_stale(demo) == {"shards"}
+    assert snakemake_plan(demo) == {"shards"}
+
+    repro = run("dvc repro", demo).stdout
+    assert re.findall(r"Running stage '([^']+)'", repro) == ["shards"]
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 3
+
+    set_param(demo, "shards.shard_size", 4)
+    repro = run("dvc repro", demo).stdout
+    assert "Running stage" not in repro
+    assert "Stage 'shards' is cached - skipping run, checking out outputs" in repro
+    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 2
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_adding_an_image_computes_features_for_it_only(demo):
+    set_param(demo, "download.count", 9)
+    run("snakemake --profile cpu", demo)
+    stats = json.loads((demo / "provenance/features.json").read_text())["stats"]
+    assert (stats["images"], stats["computed"], stats["model_runs"]) == (9, 1, 1)
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_bad_params_fail_before_any_job(workspace):
+    set_param(workspace, "shards.shard_size", "fast")
+    set_param(workspace, "matte.colour", "black")
+    out = run("snakemake --profile cpu", workspace, check=False)
+    assert out.returncode != 0
+    assert "shards.shard_size: 'fast' is not of type 'integer'" in out.stderr
+    assert "matte.colour: unknown key" in out.stderr
+    assert not (workspace / "data").exists()
+
+
+def test_profiles_resolve_and_rocm_jobs_see_hsa_override(workspace):
+    for profile in ("cpu", "cuda", "rocm", "mps"):
+        run(f"snakemake --profile {profile} -n data/shards", workspace)
+    run("snakemake --profile rocm data/raw", workspace)
+    record = json.loads((workspace / "provenance/download.json").read_text())
+    assert record["env"] == {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}
+    assert record["device"] == "rocm"
+
+
+def test_committed_dvc_yaml_matches_the_dag(monkeypatch):
+    monkeypatch.chdir(REPO)
+    from fresnel.pipeline import dvcgen
+
+    assert dvcgen.write("dvc.yaml", check=True), "dvc.yaml is stale: run `fresnel dvc-yaml`"

@@ -1,0 +1,20 @@
+# Glue shared by every rule: params sections, code dependencies, job environment.
+import os
+
+from fresnel.device import TARGET_ENV_VAR
+from fresnel.pipeline.glue import code_inputs, section
+
+# The target comes from the profile (or $FRESNEL_TARGET), never from params.yaml: the
+# device that made an artifact is provenance, not part of its cache key.
+os.environ[TARGET_ENV_VAR] = config.get("target", os.environ.get(TARGET_ENV_VAR, "cpu"))
+os.environ.update({k: str(v) for k, v in config.get("job_env", {}).items()})
+
+
+def P(path):
+    """The params.yaml section `path` (e.g. "download"), tracked by Snakemake and DVC."""
+    return section(config, path)
+
+
+def code(script):
+    """A rule's code inputs: its adapter script and every fresnel module it imports."""
+    return code_inputs(f"workflow/scripts/{script}")

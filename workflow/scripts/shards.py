@@ -1,0 +1,11 @@
+"""Rule shards: pack teacher outputs and targets into fp16 shards (logic in fresnel.shards)."""
+
+from fresnel.pipeline.adapter import stage
+from fresnel.shards import pack
+
+with stage(snakemake) as rec:
+    cfg = snakemake.params.cfg
+    rec.stats = pack(
+        snakemake.input.images, snakemake.input.features, snakemake.output[0],
+        resolution=cfg["resolution"], shard_size=cfg["shard_size"], seed=cfg["seed"],
+    )  # fmt: skip
