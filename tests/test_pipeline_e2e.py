@@ -91,6 +91,18 @@ def test_adding_an_image_computes_features_for_it_only(demo):
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
+def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
+    remote = tmp_path / "remote"
+    run(f"dvc remote add -d store {remote} && dvc push -q", demo)
+    run("git add -A && git commit -qm 'results'", demo)
+    clone = tmp_path / "clone"
+    run(f"git clone -q {demo} {clone}", tmp_path)
+    run("dvc pull -q", clone)
+    assert (clone / "data/shards/manifest.json").is_file()
+    assert dvc_stale(clone) == set()
+    assert nothing_to_do(clone)
+
+
 def test_bad_params_fail_before_any_job(workspace):
     set_param(workspace, "shards.shard_size", "fast")
     set_param(workspace, "matte.colour", "black")
