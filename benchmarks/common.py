@@ -15,13 +15,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def timed(fn, repeat: int) -> dict:
     """Median and spread of `repeat` wall-clock runs of fn()."""
-    times = []
+    return timed_interleaved({"fn": fn}, repeat)["fn"]
+
+
+def timed_interleaved(fns: dict, repeat: int) -> dict:
+    """Like `timed` for several functions, alternating them so that load affects all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: _summary(values) for name, values in times.items()}
+
+
+def _summary(times: list[float]) -> dict:
     return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "max_s": round(max(times), 4), "repeat": repeat}  # fmt: skip
+            "max_s": round(max(times), 4), "repeat": len(times)}  # fmt: skip
 
 
 def machine() -> dict:

@@ -8,10 +8,21 @@ import sys
 from pathlib import Path
 
 
-def _download(args) -> None:
-    from fresnel import download, params
+def _params(args) -> dict:
+    """Settings the guide's flags do not cover (hub ids, matte geometry) come from params."""
+    from fresnel import params
 
-    cfg = params.load(args.params)["download"]
+    path = Path(args.params or "params.yaml")
+    if args.params is None and not path.exists():
+        path = params.REPO_ROOT / "params.yaml"
+    logging.getLogger("fresnel").info("settings not given as flags come from %s", path)
+    return params.load(path)
+
+
+def _download(args) -> None:
+    from fresnel import download
+
+    cfg = _params(args)["download"]
     stats = download.run(
         source=args.dataset, out_dir=args.output_dir, count=args.count, seed=cfg["seed"],
         min_size=cfg["min_size"], on_bad_image=args.on_bad_image, datasets=cfg["datasets"],
@@ -21,9 +32,9 @@ def _download(args) -> None:
 
 def _preprocess(args) -> None:
     """The guide's preprocess_training_data: matte (optional background removal) + features."""
-    from fresnel import download, features, matte, params
+    from fresnel import download, features, matte
 
-    cfg = params.load(args.params)
+    cfg = _params(args)
     data_dir = Path(args.data_dir)
     output_dir = Path(args.output_dir or data_dir / "features")
     work = data_dir / "preprocessed"
@@ -97,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=500)
     p.add_argument("--output_dir", default="images/training")
     p.add_argument("--on_bad_image", choices=["skip", "fail"], default="skip")
-    p.add_argument("--params", default="params.yaml", help="hub ids and splits come from here")
+    p.add_argument(
+        "--params", help="hub ids and splits (default: ./params.yaml, else the project's)"
+    )
     p.set_defaults(func=_download)
 
     p = sub.add_parser("preprocess_training_data", help="matte + DINOv2 and depth features")
@@ -110,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov2_model", default="models/dinov2_small.onnx")
     p.add_argument("--depth_model", default="models/depth_anything_v2_small.onnx")
     p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "rocm", "mps"])
-    p.add_argument("--params", default="params.yaml", help="matte settings come from here")
+    p.add_argument("--params", help="matte settings (default: ./params.yaml, else the project's)")
     p.set_defaults(func=_preprocess)
 
     for kind, name, out, hub in (

@@ -37,7 +37,7 @@ from fresnel import device, io
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 518
-DINOV2_SHAPE = (37, 37, 384)
+DINOV2_SHAPE = io.DINOV2_SHAPE
 KINDS = ("dinov2", "depth")
 
 

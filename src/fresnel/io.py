@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The training guide's per-image teacher formats (raw float32, C order, no header).
+DINOV2_SHAPE = (37, 37, 384)  # DINOv2-small patch features of a 518x518 image
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -21,12 +21,11 @@ from safetensors.numpy import save_file
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from fresnel.io import atomic_path, read_f32_bin, reset_dir, sha256_file, write_json
+from fresnel.io import DINOV2_SHAPE, atomic_path, read_f32_bin, reset_dir, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fresnel-shards/1"
-DINOV2_SHAPE = (37, 37, 384)
 MANIFEST = "manifest.json"
 
 

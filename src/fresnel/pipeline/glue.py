@@ -33,6 +33,7 @@ SYNC_STATE = Path(".snakemake/fresnel-dvc-sync.json")
 NESTED_ENV = "FRESNEL_NESTED_SNAKEMAKE"
 SKIP_ENV = "FRESNEL_NO_DVC_SYNC"
 _RUN_STARTED = time.time()
+DVC = [sys.executable, "-m", "dvc"]  # the dvc of this environment, whatever PATH says
 
 
 class Section(dict):
@@ -81,9 +82,7 @@ def _fingerprint(stages: dict) -> str:
 
 
 def _stale_in_dvc() -> set[str]:
-    result = subprocess.run(
-        ["dvc", "status", "--json"], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([*DVC, "status", "--json"], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"`dvc status` failed:\n{result.stderr.strip()}")
     return set(json.loads(result.stdout or "{}"))
@@ -150,7 +149,7 @@ def commit_to_dvc(workflow, logfile=None) -> None:
     if not ran:
         return
     result = subprocess.run(
-        ["dvc", "commit", "--force", "--quiet", *ran], capture_output=True, text=True, check=False
+        [*DVC, "commit", "--force", "--quiet", *ran], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"`dvc commit {' '.join(ran)}` failed:\n{result.stderr.strip()}")
