@@ -1,5 +1,5 @@
 # Fresnel pipelines. Build one artifact on one target:
-#   snakemake --profile rocm data/shards
+#   snakemake --profile rocm results/decoder_exp2.onnx
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
 from fresnel.params import validate
 from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc
@@ -13,6 +13,7 @@ validate(config, source="params.yaml (with --config overrides)")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/decoder.smk"
 
 
 sync_from_dvc(workflow)
@@ -20,7 +21,8 @@ sync_from_dvc(workflow)
 
 rule all:
     input:
-        "data/shards",
+        expand("results/decoder_exp{exp}.onnx", exp=config["targets"]["decoder_experiments"]),
+        expand("results/decoder_exp{exp}_eval", exp=config["targets"]["decoder_experiments"]),
     default_target: True
 
 

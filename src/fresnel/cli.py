@@ -67,6 +67,54 @@ def _shards(args) -> None:
                shard_size=args.shard_size, seed=args.seed))  # fmt: skip
 
 
+def _train(args) -> None:
+    """The guide's train_gaussian_decoder: train, then export the ONNX next to the checkpoints."""
+    from dataclasses import fields
+
+    from fresnel.decoder.config import TrainConfig
+    from fresnel.decoder.export import export_onnx, held_out_inputs
+    from fresnel.decoder.train import train
+    from fresnel.decoder.trainlog import RunLogger
+
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    logger = RunLogger(args.output_dir, resume=bool(args.resume))
+    try:
+        result = train(config, args.data_dir, args.output_dir, args.device, args.resume, [logger])
+    finally:
+        logger.close()
+    onnx = Path(args.output_dir) / f"gaussian_decoder_exp{config.experiment}.onnx"
+    features, depth = held_out_inputs(result["checkpoint"], args.data_dir)
+    print({**result, **export_onnx(result["checkpoint"], onnx, features, depth), "onnx": str(onnx)})
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, named as in the guide's tables."""
+    from dataclasses import MISSING, fields
+
+    from fresnel.decoder.config import TrainConfig
+
+    for field in fields(TrainConfig):
+        default = field.default if field.default is not MISSING else None
+        if field.name == "experiment":
+            p.add_argument("--experiment", type=int, choices=[1, 2, 3], default=3,
+                           help="1=SAAG Refinement, 2=Direct, 3=FeatureGuided")  # fmt: skip
+        elif isinstance(default, bool):
+            p.add_argument(f"--{field.name}", action="store_true")
+        else:
+            kind = {"lpips_backbone": str}.get(field.name) or (
+                float if isinstance(default, float) else int
+            )
+            p.add_argument(f"--{field.name}", type=kind, default=default)
+
+
+def _decoder_inference(args) -> None:
+    from fresnel.decoder.export import decoder_inference
+
+    packed = decoder_inference(args.model, args.features, args.depth, args.output, args.ply)
+    print(f"{args.output}: {packed.shape[0]} Gaussians x 14 float32"
+          + (f"; {args.ply}" if args.ply else ""))  # fmt: skip
+
+
 def _dvc_yaml(args) -> None:
     from fresnel.pipeline import dvcgen
 
@@ -146,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard_size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_shards)
+
+    p = sub.add_parser("train_gaussian_decoder", help="train the decoder from teacher shards")
+    p.add_argument("--data_dir", default="data/shards", help="a shard folder (fresnel pack_shards)")
+    p.add_argument("--output_dir", default="checkpoints")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "rocm", "mps"])
+    _add_train_flags(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("decoder_inference", help="ONNX decoder on one image's feature files")
+    p.add_argument("features", help="{name}_dinov2.bin (37x37x384 float32)")
+    p.add_argument("depth", help="{name}_depth.bin (square float32)")
+    p.add_argument("output", help="out.bin: N x 14 float32 packed Gaussians")
+    p.add_argument("--model", default="models/gaussian_decoder.onnx")
+    p.add_argument("--ply", default=None, help="also write a 3D Gaussian Splatting PLY")
+    p.set_defaults(func=_decoder_inference)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
     p.add_argument("--check", action="store_true", help="fail when dvc.yaml is out of date")

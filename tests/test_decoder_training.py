@@ -1,0 +1,152 @@
+"""Decoder training, HFTS plan, export gate, inference formats and evaluation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fresnel import io, shards
+from fresnel.decoder import export, hfts, losses
+from fresnel.decoder.config import TrainConfig
+from fresnel.decoder.evaluate import bicubic_baseline, evaluate
+from fresnel.decoder.train import Trainer, TrainingDiverged, final_checkpoint, train
+
+
+def make_shards(root, count=3, resolution=32, seed=0):
+    """Shards of smooth coloured images with random features and a depth ramp."""
+    rng = np.random.default_rng(seed)
+    images, features = root / "matted", root / "features"
+    (images / "images").mkdir(parents=True)
+    features.mkdir()
+    yy, xx = np.mgrid[0:518, 0:518] / 518
+    rows = []
+    for i in range(count):
+        rgb = np.stack([xx, yy, np.full_like(xx, 0.3 + 0.2 * i)], axis=-1)
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(images / f"images/im{i}.png")
+        rows.append({"id": f"im{i}", "file": f"images/im{i}.png"})
+        io.write_f32_bin(features / f"im{i}_dinov2.bin", rng.normal(size=(37, 37, 384)))
+        io.write_f32_bin(features / f"im{i}_depth.bin", np.tile(np.linspace(0, 1, 64), (64, 1)))
+    pd.DataFrame(rows).to_parquet(images / "manifest.parquet")
+    io.write_json(
+        features / "index.json", {"ids": [r["id"] for r in rows], "depth_shape": [64, 64]}
+    )
+    shards.pack(images, features, root / "shards", resolution=resolution, shard_size=2, seed=0)
+    return root / "shards"
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(experiment=2, gaussians_per_patch=1, epochs=2, batch_size=2, lr=0.01,
+                  image_size=32, save_interval=1, ssim_weight=0.0, val_fraction=0.34)  # fmt: skip
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_hfts_plan_follows_the_guide():
+    plans = [hfts.plan_epoch(e, 8, 256, 4, fast_mode=True) for e in range(8)]
+    assert [p.resolution for p in plans] == [64] * 6 + [256] * 2
+    assert [p.k_active for p in plans] == [1, 1, 2, 2, 4, 4, 4, 4]
+    assert [p.stochastic_k for p in plans] == [256] * 6 + [None] * 2
+    assert hfts.plan_epoch(0, 8, 256, 4) == hfts.EpochPlan(256, 4, None)
+
+
+def test_vlm_weight_zero_is_exactly_unweighted():
+    density = torch.rand(2, 8, 8)
+    weight = losses.vlm_weight_map(density, 0.0, 16)
+    render, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert losses.weighted_l1(render, target, weight) == losses.weighted_l1(render, target, None)
+    half = losses.vlm_weight_map(density, 0.5, 16)
+    assert torch.allclose(half.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+
+
+def test_lpips_without_backbone_is_a_clear_error(tmp_path):
+    with pytest.raises(losses.LossConfigError, match=r"decoder\.lpips_backbone"):
+        losses.PhotometricLoss(lpips=0.1, lpips_file=str(tmp_path / "missing.pth"))
+
+
+def test_overfitting_one_image_gains_10_db(tmp_path):
+    shard_dir = make_shards(tmp_path, count=2)
+    config = small_config(epochs=1, val_fraction=0.5, lr=0.02)
+    trainer = Trainer(config, shard_dir, tmp_path / "run")
+    batch = next(iter(torch.utils.data.DataLoader(shards.ShardStream(shard_dir), batch_size=1)))
+    plan = hfts.EpochPlan(32, 1, None)
+
+    def current_psnr():
+        with torch.no_grad():
+            from fresnel.decoder.train import psnr, render_batch
+
+            return float(
+                psnr(render_batch(trainer.renderer, trainer.predict(batch), 32), batch["image"])
+            )
+
+    before = current_psnr()
+    for _ in range(150):
+        trainer.train_step(batch, plan, torch.Generator().manual_seed(0))
+    assert current_psnr() - before >= 10
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    shard_dir = make_shards(tmp_path)
+    straight = train(small_config(epochs=2), shard_dir, tmp_path / "a")
+    train(small_config(epochs=1), shard_dir, tmp_path / "b")
+    resumed = train(small_config(epochs=2), shard_dir, tmp_path / "b",
+                    resume=tmp_path / "b/decoder_exp2_epoch1.pt")  # fmt: skip
+    a = torch.load(straight["checkpoint"], weights_only=True)["model"]
+    b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_guard_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
+    shard_dir = make_shards(tmp_path)
+    calls = {"n": 0}
+    original = Trainer.predict
+
+    def poisoned(self, batch, k_active=None):
+        calls["n"] += 1
+        out = original(self, batch, k_active)
+        return out * float("nan") if calls["n"] > 2 and self.model.training else out
+
+    monkeypatch.setattr(Trainer, "predict", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"last good weights \(after epoch 1\)"):
+        train(small_config(epochs=3), shard_dir, tmp_path / "run")
+    good = torch.load(tmp_path / "run/decoder_exp2_last_good.pt", weights_only=True)
+    assert good["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_export_gate_inference_ply_and_evaluation(tmp_path):
+    shard_dir = make_shards(tmp_path)
+    result = train(small_config(epochs=1), shard_dir, tmp_path / "run")
+    checkpoint = final_checkpoint(tmp_path / "run")
+    features, depth = export.held_out_inputs(checkpoint, shard_dir)
+    info = export.export_onnx(checkpoint, tmp_path / "d.onnx", features, depth)
+    assert info["max_abs_diff"] <= 1e-4 and info["render_psnr_db"] >= 50
+    assert result["val_psnr"] > 0
+
+    with pytest.raises(export.ExportParityError, match="not written"):
+        export.export_onnx(checkpoint, tmp_path / "strict.onnx", features, depth, atol=0.0)
+    assert not (tmp_path / "strict.onnx").exists()
+
+    io.write_f32_bin(tmp_path / "f.bin", features[0].numpy())
+    io.write_f32_bin(tmp_path / "d.bin", depth[0].numpy())
+    packed = export.decoder_inference(tmp_path / "d.onnx", tmp_path / "f.bin", tmp_path / "d.bin",
+                                      tmp_path / "out.bin", ply=tmp_path / "out.ply")  # fmt: skip
+    assert (tmp_path / "out.bin").stat().st_size == 37 * 37 * 14 * 4
+    ply = export.read_ply(tmp_path / "out.ply")
+    np.testing.assert_allclose(ply["x"], packed[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(ply["scale_0"]), packed[:, 3], rtol=1e-5)
+    np.testing.assert_allclose(1 / (1 + np.exp(-ply["opacity"])), packed[:, 10], rtol=1e-4)
+    np.testing.assert_allclose(0.5 + export.SH_C0 * ply["f_dc_0"], packed[:, 11], rtol=1e-5)
+    assert len([k for k in ply if k.startswith("f_rest_")]) == 45
+
+    summary = evaluate(tmp_path / "d.onnx", checkpoint, shard_dir, tmp_path / "eval")
+    assert set(summary["metrics"]) >= {"decoder/psnr", "untrained/psnr", "bicubic/psnr"}
+    assert summary["lpips"].startswith("unavailable:")
+    per_image = pd.read_csv(tmp_path / "eval/per_image.csv")
+    assert set(per_image["method"]) == {"decoder", "untrained", "bicubic"}
+    assert (tmp_path / "eval/held_out.png").is_file() and (tmp_path / "eval/table.md").is_file()
+
+
+def test_bicubic_baseline_is_lossless_with_enough_samples():
+    image = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(bicubic_baseline(image, 16 * 16), image, atol=1e-5)
+    assert not torch.allclose(bicubic_baseline(image, 4 * 4), image, atol=1e-2)
