@@ -17,7 +17,8 @@ $(VENV)/.installed-$(TARGET): pyproject.toml envs/$(TARGET).txt
 venv: $(VENV)/.installed-$(TARGET)
 
 demo: venv
-	$(VENV)/bin/snakemake --profile $(TARGET) demo
+	$(VENV)/bin/snakemake --profile $(TARGET) results/decoder_exp2.onnx results/decoder_exp2_eval
+	@cat results/decoder_exp2_eval/table.md
 
 lint: venv
 	$(VENV)/bin/ruff check .

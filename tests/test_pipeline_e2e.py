@@ -48,13 +48,21 @@ def set_param(ws, path: str, value) -> None:
 def demo(tmp_path_factory):
     """The demo DAG run once by snakemake through the shards."""
     ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
+    set_param(ws, "decoder.epochs", 2)  # the demo's schedule, shortened: these tests rerun it
+    run("git commit -qam 'short schedule'", ws)
     run("snakemake --profile cpu", ws)
     return ws
 
 
-def test_demo_produces_shards_and_provenance(demo):
+DOWNSTREAM_OF_SHARDS = {"shards", "train", "export_decoder", "evaluate"}
+
+
+def test_demo_produces_decoder_onnx_evaluation_and_provenance(demo):
     manifest = json.loads((demo / "data/shards/manifest.json").read_text())
-    assert manifest["count"] == 8 and manifest["dtype"] == "float16"
+    assert manifest["count"] == 16 and manifest["dtype"] == "float16"
+    assert (demo / "results/decoder_exp2.onnx").is_file()
+    metrics = json.loads((demo / "results/decoder_exp2_eval/metrics.json").read_text())
+    assert metrics["held_out"] == 4
     record = json.loads((demo / "provenance/features.json").read_text())
     assert record["device"] == "cpu" and record["git_revision"] != "unknown"
     assert record["params"]["cfg"] == {"batch_size": 4, "depth_size": 256}
@@ -68,26 +76,38 @@ def test_snakemake_run_leaves_dvc_clean(demo):
 def test_param_edit_reruns_only_dependents_then_run_cache_restores(demo):
     set_param(demo, "shards.shard_size", 3)
     assert dvc_stale(demo) == {"shards"}
-    assert snakemake_plan(demo) == {"shards"}
+    assert snakemake_plan(demo) == DOWNSTREAM_OF_SHARDS
 
     repro = run("dvc repro", demo).stdout
-    assert re.findall(r"Running stage '([^']+)'", repro) == ["shards"]
+    assert re.findall(r"Running stage '([^']+)'", repro) == [
+        "shards", "train-2", "export_decoder-2", "evaluate-2"
+    ]  # fmt: skip
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
-    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 3
+    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 6
 
     set_param(demo, "shards.shard_size", 4)
     repro = run("dvc repro", demo).stdout
     assert "Running stage" not in repro
-    assert "Stage 'shards' is cached - skipping run, checking out outputs" in repro
-    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 2
+    for stage in ("shards", "train-2", "export_decoder-2", "evaluate-2"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in repro
+    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 4
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_training_param_edit_reruns_train_export_evaluate_only(demo):
+    set_param(demo, "decoder.lr", 0.001)
+    repro = run("dvc repro", demo).stdout
+    assert re.findall(r"Running stage '([^']+)'", repro) == [
+        "train-2", "export_decoder-2", "evaluate-2"
+    ]  # fmt: skip
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
 def test_adding_an_image_computes_features_for_it_only(demo):
-    set_param(demo, "download.count", 9)
+    set_param(demo, "download.count", 17)
     run("snakemake --profile cpu", demo)
     stats = json.loads((demo / "provenance/features.json").read_text())["stats"]
-    assert (stats["images"], stats["computed"], stats["model_runs"]) == (9, 1, 1)
+    assert (stats["images"], stats["computed"], stats["model_runs"]) == (17, 1, 1)
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
@@ -104,18 +124,18 @@ def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
 
 
 def test_bad_params_fail_before_any_job(workspace):
-    set_param(workspace, "shards.shard_size", "fast")
+    set_param(workspace, "decoder.lr", "fast")
     set_param(workspace, "matte.colour", "black")
     out = run("snakemake --profile cpu", workspace, check=False)
     assert out.returncode != 0
-    assert "shards.shard_size: 'fast' is not of type 'integer'" in out.stderr
+    assert "decoder.lr: 'fast' is not of type 'number'" in out.stderr
     assert "matte.colour: unknown key" in out.stderr
     assert not (workspace / "data").exists()
 
 
 def test_profiles_resolve_and_rocm_jobs_see_hsa_override(workspace):
     for profile in ("cpu", "cuda", "rocm", "mps"):
-        run(f"snakemake --profile {profile} -n data/shards", workspace)
+        run(f"snakemake --profile {profile} -n results/decoder_exp2.onnx", workspace)
     run("snakemake --profile rocm data/raw", workspace)
     record = json.loads((workspace / "provenance/download.json").read_text())
     assert record["env"] == {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}

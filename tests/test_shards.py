@@ -20,9 +20,9 @@ def stage_inputs(tmp_path):
     features.mkdir()
     rows = []
     for i, item in enumerate(IDS):
-        Image.fromarray(np.full((518, 518, 3), 40 * i, np.uint8)).save(
-            images / f"images/{item}.png"
-        )
+        pixels = np.full((518, 518, 3), 40 * i, np.uint8)
+        pixels[:, :, 1] = np.arange(518)[None, :] // 3  # a horizontal ramp: layout shows
+        Image.fromarray(pixels).save(images / f"images/{item}.png")
         rows.append({"id": item, "file": f"images/{item}.png"})
         io.write_f32_bin(features / f"{item}_dinov2.bin", rng.normal(size=(37, 37, 384)))
         io.write_f32_bin(features / f"{item}_depth.bin", np.full((32, 32), float(i)))
@@ -48,9 +48,10 @@ def test_shards_round_trip_in_fp16_at_training_resolution(stage_inputs):
             want = io.read_f32_bin(features / f"{item}_dinov2.bin", (37, 37, 384))
             np.testing.assert_allclose(tensors["dinov2"][row].float(), want, rtol=1e-3, atol=1e-3)
             assert torch.all(tensors["depth"][row] == i)
-            assert torch.allclose(
-                tensors["image"][row].float(), torch.tensor(40 * i / 255), atol=1e-3
-            )
+            image = tensors["image"][row].float()
+            assert torch.allclose(image[0], torch.tensor(40 * i / 255), atol=1e-3)
+            ramp = image[1].mean(dim=0)  # mean over rows: rises left to right
+            assert torch.all(ramp[1:] > ramp[:-1]) and torch.allclose(image[1][0], image[1][-1])
             seen.append(item)
     assert sorted(seen) == IDS
 

@@ -82,7 +82,8 @@ def pack(
             _load_item(r.id, images_dir / r.file, features_dir, depth_size, resolution, vlm_dir)
             for r in chunk.itertuples()
         ]
-        stacked = {k: np.stack([item[k] for item in items]) for k in items[0]}
+        # safetensors writes the raw buffer: the arrays must be C-contiguous
+        stacked = {k: np.ascontiguousarray(np.stack([it[k] for it in items])) for k in items[0]}
         path = out_dir / f"shard_{idx:05d}.safetensors"
         with atomic_path(path) as tmp:
             save_file(stacked, str(tmp), metadata={"ids": json.dumps(list(chunk.id))})

@@ -5,12 +5,24 @@ wildcard_constraints:
     exp="[123]",
 
 
+# What `dvc metrics show` / `dvc plots show` present (paths relative to a job's outputs).
+DVC_PRESENTATION = {
+    "train": {"plots": [{"{out}/dvclive/plots/metrics": {"x": "step"}}, "{out}/renders.png"]},
+    "evaluate": {"metrics": ["{out}/metrics.json"], "plots": ["{out}/held_out.png", "{out}/psnr.png"]},
+}
+
+
 rule train:
     input:
         shards="data/shards",
         code=code("train_decoder.py"),
     output:
-        directory("results/decoder_exp{exp}"),
+        report(
+            directory("results/decoder_exp{exp}"),
+            patterns=["renders.png", "curves.png"],
+            caption="../report/train.rst",
+            category="Decoder",
+        ),
     params:
         cfg=P("decoder"),
     resources:
@@ -43,7 +55,12 @@ rule evaluate:
         shards="data/shards",
         code=code("evaluate_decoder.py"),
     output:
-        directory("results/decoder_exp{exp}_eval"),
+        report(
+            directory("results/decoder_exp{exp}_eval"),
+            patterns=["held_out.png", "psnr.png", "per_image.csv"],
+            caption="../report/evaluate.rst",
+            category="Decoder",
+        ),
     params:
         cfg=P("decoder"),
     log:

@@ -104,25 +104,25 @@ def held_out_inputs(checkpoint, shard_dir, count: int = 4) -> tuple[torch.Tensor
     return batch["dinov2"], batch["depth"]
 
 
-def read_inputs(features_bin, depth_bin) -> tuple[np.ndarray, np.ndarray]:
-    """The guide's per-image files -> (1,37,37,384) and (1,256,256) float32."""
+def read_inputs(features_bin, depth_bin, depth_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The guide's per-image files -> (1,37,37,384) and (1,depth_size,depth_size) float32."""
     features = read_f32_bin(features_bin, DINOV2_SHAPE)
     raw = np.fromfile(depth_bin, dtype="<f4")
     side = math.isqrt(raw.size)
     if side * side != raw.size:
         raise ValueError(f"{depth_bin}: {raw.size} values is not a square depth map")
     depth = torch.from_numpy(raw.reshape(1, 1, side, side))
-    if side != gaussians.DEPTH_SIZE:
-        depth = F.interpolate(
-            depth, size=(gaussians.DEPTH_SIZE, gaussians.DEPTH_SIZE), mode="bilinear"
-        )
+    if side != depth_size:
+        depth = F.interpolate(depth, size=(depth_size, depth_size), mode="bilinear")
     return features[None], depth[:, 0].numpy()
 
 
 def decoder_inference(model_onnx, features_bin, depth_bin, out_bin, ply=None) -> np.ndarray:
     """Run the exported decoder on one image's files; write out.bin (N,14) and maybe a PLY."""
-    features, depth = read_inputs(features_bin, depth_bin)
-    (packed,) = _onnx_session(model_onnx).run(["gaussians"], {"features": features, "depth": depth})
+    session = _onnx_session(model_onnx)
+    depth_size = session.get_inputs()[1].shape[-1]  # the depth size the model was exported with
+    features, depth = read_inputs(features_bin, depth_bin, depth_size)
+    (packed,) = session.run(["gaussians"], {"features": features, "depth": depth})
     packed = np.ascontiguousarray(packed[0], dtype="<f4")
     write_bytes(out_bin, packed.tobytes())
     if ply:

@@ -19,15 +19,21 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from fresnel.decoder.gaussians import Z_FAR, Z_NEAR, normalise_depth, resize_depth
+from fresnel.decoder.gaussians import (
+    Z_FAR,
+    Z_NEAR,
+    normalise_depth,
+    pad_replicate,
+    resize_depth,
+)
 
-# A step of EDGE_HIGH (as a fraction of the image's depth range, per patch) is a full edge;
-# gentler slopes than EDGE_LOW (e.g. a face's curvature) are no edge at all.
-EDGE_LOW = 0.02
-EDGE_HIGH = 0.10
+# Slopes in units of the image's depth range per cell: EDGE_HIGH or more is a full edge (a
+# 30 % step between neighbours); EDGE_LOW or less none at all (a full-range ramp over 20
+# cells, e.g. a face's curvature at patch resolution).
+EDGE_LOW = 0.05
+EDGE_HIGH = 0.15
 
 
 def zone_index(depth: Tensor, num_zones: int) -> Tensor:
@@ -74,14 +80,12 @@ def depth_edges(depth_patch: Tensor) -> Tensor:
     depth range instead of the largest gradient keeps an image without edges edge-free, and
     a constant map gives no edges.
     """
-    d = normalise_depth(depth_patch).unsqueeze(1)
-    d = F.pad(d, (1, 1, 1, 1), mode="replicate")
-    sobel_x = torch.tensor(
-        [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=d.dtype, device=d.device
-    )
-    kernels = torch.stack([sobel_x, sobel_x.t()]).unsqueeze(1) / 8.0
-    grad = F.conv2d(d, kernels)
-    magnitude = torch.sqrt(grad.pow(2).sum(dim=1) + 1e-12)
+    d = pad_replicate(normalise_depth(depth_patch))
+    dx = d[:, :, 2:] - d[:, :, :-2]  # (B, H + 2, W)
+    dy = d[:, 2:, :] - d[:, :-2, :]  # (B, H, W + 2)
+    gx = (dx[:, :-2] + 2.0 * dx[:, 1:-1] + dx[:, 2:]) / 8.0
+    gy = (dy[:, :, :-2] + 2.0 * dy[:, :, 1:-1] + dy[:, :, 2:]) / 8.0
+    magnitude = torch.sqrt(gx * gx + gy * gy + 1e-12)
     return torch.clamp((magnitude - EDGE_LOW) / (EDGE_HIGH - EDGE_LOW), 0.0, 1.0)
 
 

@@ -109,7 +109,13 @@ def resize_depth(depth: Tensor, size: int | tuple[int, int]) -> Tensor:
     out = F.interpolate(
         depth.unsqueeze(1), size=size, mode="bilinear", align_corners=False, antialias=False
     )
-    return out.squeeze(1)
+    return out[:, 0]  # not squeeze(1): on a dynamic batch that exports as an ONNX If
+
+
+def pad_replicate(x: Tensor) -> Tensor:
+    """Pad the last two dims by one, repeating the border (exports as Concat, unlike F.pad)."""
+    x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+    return torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
 
 
 def patch_depth(depth: Tensor, grid: int = GRID) -> Tensor:

@@ -47,6 +47,7 @@ from fresnel.decoder.gaussians import (
     depth_to_z,
     normalise_depth,
     pack,
+    pad_replicate,
     patch_depth,
     patch_rays,
     per_gaussian,
@@ -88,7 +89,8 @@ SAAG_ROTATION_RESIDUAL = 0.5  # bound on the vector part of the unnormalised del
 
 @dataclass(frozen=True)
 class DecoderFlags:
-    """The guide's Fresnel-inspired flags; ``boundary_weight`` is used by the loss only."""
+    """The guide's Fresnel-inspired model flags (``--boundary_weight`` is the loss's:
+    ``fresnel_zones.boundary_loss_weights``)."""
 
     use_edge_aware: bool = False
     edge_scale_factor: float = 0.5
@@ -97,7 +99,6 @@ class DecoderFlags:
     phase_amplitude: float = 0.25
     use_fresnel_zones: bool = False
     num_fresnel_zones: int = 8
-    boundary_weight: float = 0.1
 
     def __post_init__(self):
         for name in ("edge_scale_factor", "edge_opacity_boost", "phase_amplitude"):
@@ -108,8 +109,6 @@ class DecoderFlags:
             raise ValueError(
                 f"num_fresnel_zones must be a positive integer: {self.num_fresnel_zones}"
             )
-        if self.boundary_weight < 0:
-            raise ValueError(f"boundary_weight must be >= 0, got {self.boundary_weight}")
 
 
 def k_side_of(gaussians_per_patch: int) -> int:
@@ -143,6 +142,23 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
         ],
         dim=-1,
     )
+
+
+class Dense(nn.Module):
+    """Linear -> LayerNorm -> GELU, the hidden layer of every head.
+
+    The LayerNorm keeps hidden activations bounded whatever the weights do: without it one
+    Adam step at lr 0.02 shifted exp. 2's pre-activations by ~6 and saturated every output
+    sigmoid (all opacities 0, no gradient left, measured).
+    """
+
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.linear = nn.Linear(inputs, outputs)
+        self.norm = nn.LayerNorm(outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.norm(self.linear(x)))
 
 
 class GaussianDecoder(nn.Module):
@@ -221,8 +237,8 @@ class GaussianDecoder(nn.Module):
 class DirectPatchDecoder(GaussianDecoder):
     """Experiment 2: K Gaussians per patch straight from that patch's features and depth.
 
-    LayerNorm(features) ++ normalised patch depth -> Linear -> GELU -> [+ 3x3 conv over the
-    37 x 37 grid (local neighbourhood context), residual] -> Linear -> GELU -> Linear(K*14).
+    LayerNorm(features) ++ normalised patch depth -> Dense -> [+ 3x3 conv over the 37 x 37
+    grid (local neighbourhood context), residual] -> Dense -> Linear(K*14).
     The MLP weights are shared over patches; the depth prior places each Gaussian on its
     sub-cell ray and the network only predicts bounded offsets and appearance. Local and
     purely learned: no analytic geometry (unlike exp. 1), no global context (unlike exp. 3).
@@ -240,26 +256,28 @@ class DirectPatchDecoder(GaussianDecoder):
         super().__init__(gaussians_per_patch, flags)
         self._model_kwargs = {"hidden": hidden, "context_conv": context_conv}
         self.norm = nn.LayerNorm(FEATURE_DIM)
-        self.inp = nn.Linear(FEATURE_DIM + 1, hidden)
+        self.inp = Dense(FEATURE_DIM + 1, hidden)
         self.context = nn.Conv2d(hidden, hidden, 3, padding=1) if context_conv else None
-        self.mid = nn.Linear(hidden, hidden)
+        self.context_norm = nn.LayerNorm(hidden) if context_conv else None
+        self.mid = Dense(hidden, hidden)
         self.head = nn.Linear(hidden, gaussians_per_patch * PACKED_DIM)
         self._init_head(self.head, PACKED_DIM, quat_w=6)
 
     def forward(self, features: Tensor, depth: Tensor) -> Tensor:
         d = normalise_depth(patch_depth(depth)).unsqueeze(-1)
-        h = F.gelu(self.inp(torch.cat([self.norm(features), d], dim=-1)))
+        h = self.inp(torch.cat([self.norm(features), d], dim=-1))  # (B, 37, 37, hidden)
         if self.context is not None:
-            h = h + F.gelu(self.context(h.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        h = F.gelu(self.mid(h))
-        raw = self.head(h).reshape(features.shape[0], -1, PACKED_DIM)
+            c = self.context(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            h = h + F.gelu(self.context_norm(c))
+        h = self.mid(h)
+        raw = self.head(h).float().reshape(features.shape[0], -1, PACKED_DIM)
         return self._decode(raw, depth)
 
 
 # ----------------------------------------------------------------------------- experiment 1
 
 
-def saag_init(depth: Tensor, k_side: int) -> dict[str, Tensor]:
+def saag_init(depth: Tensor, k_side: int, grid_rays: Tensor | None = None) -> dict[str, Tensor]:
     """Surface-aligned adaptive Gaussians from depth alone (patch-major, camera space).
 
     Sub-cell depth -> z (``depth_to_z``) -> points on the sub-cell rays. The surface normal
@@ -270,12 +288,15 @@ def saag_init(depth: Tensor, k_side: int) -> dict[str, Tensor]:
     the area ratio (surface area of the sub-cell over its fronto-parallel area, clamped to
     [1, SAAG_MAX_STRETCH]) widens Gaussians on slanted surfaces; normal std-dev =
     SAAG_THIN_RATIO * tangential. Opacity sigmoid(SAAG_OPACITY_LOGIT), colour mid-grey.
-    Also returns ``z`` (B, N) and the patch-mean ``normals`` (B, 37*37, 3).
+    Also returns ``z`` (B, N) and the patch-mean ``normals`` (B, 37*37, 3). ``grid_rays``:
+    ``subcell_rays(37 * k_side)`` already on the right device (computed when None).
     """
     side = GRID * k_side
     z = depth_to_z(resize_depth(depth, side))  # (B, S, S)
-    points = subcell_rays(side).to(depth) * z.unsqueeze(-1)  # (B, S, S, 3)
-    padded = F.pad(points.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
+    if grid_rays is None:
+        grid_rays = subcell_rays(side).to(depth)
+    points = grid_rays * z.unsqueeze(-1)  # (B, S, S, 3)
+    padded = pad_replicate(points.permute(0, 3, 1, 2))
     frontal = (ray_slope_per_patch() / k_side) * z  # sub-cell width at z
     du = (padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]) / (2 * frontal.unsqueeze(1))
     dv = (padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]) / (2 * frontal.unsqueeze(1))
@@ -308,8 +329,9 @@ class SAAGRefinementDecoder(GaussianDecoder):
     normalised depth and the patch normal predicts bounded residuals per Gaussian: lateral
     ray shift (<= half a sub-cell), depth (<= SAAG_DEPTH_RESIDUAL), log-scale (+-3), rotation
     delta q = q_init * normalise(1, v) with |v_i| <= 0.5, opacity and colour logits. The
-    output layer is zero-initialised, so at init the model returns exactly ``saag_init``.
-    Unlike exp. 2/3 the network never has to discover geometry, only to correct it.
+    output layer is zero-initialised, so at init (flags off) the model returns exactly
+    ``saag_init``. Unlike exp. 2/3 the network never has to discover geometry, only to
+    correct it.
     """
 
     experiment = 1
@@ -320,23 +342,19 @@ class SAAGRefinementDecoder(GaussianDecoder):
     ):
         super().__init__(gaussians_per_patch, flags)
         self._model_kwargs = {"hidden": hidden}
+        self.register_buffer("grid_rays", subcell_rays(GRID * self.k_side), persistent=False)
         self.norm = nn.LayerNorm(FEATURE_DIM)
-        self.mlp = nn.Sequential(
-            nn.Linear(FEATURE_DIM + 4, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-        )
+        self.mlp = nn.Sequential(Dense(FEATURE_DIM + 4, hidden), Dense(hidden, hidden))
         self.head = nn.Linear(hidden, gaussians_per_patch * self.RESIDUALS)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, features: Tensor, depth: Tensor) -> Tensor:
-        init = saag_init(depth, self.k_side)
+        init = saag_init(depth, self.k_side, self.grid_rays)
         batch = features.shape[0]
         d = normalise_depth(patch_depth(depth)).reshape(batch, NUM_PATCHES, 1)
         x = torch.cat([self.norm(features).reshape(batch, NUM_PATCHES, -1), d, init["normals"]], -1)
-        r = self.head(self.mlp(x)).reshape(batch, -1, self.RESIDUALS)
+        r = self.head(self.mlp(x)).float().reshape(batch, -1, self.RESIDUALS)
 
         z = self._position_z(init["z"], r[..., 2], SAAG_DEPTH_RESIDUAL)
         slope = self.rays[:, :2] + (0.5 * self.subcell_slope) * torch.tanh(r[..., 0:2])
@@ -422,7 +440,7 @@ class FeatureGuidedDecoder(GaussianDecoder):
         nn.init.zeros_(self.film[-1].bias)
         self.blocks = nn.ModuleList(EncoderBlock(dim, heads, ff) for _ in range(layers))
         self.out_norm = nn.LayerNorm(dim)
-        self.mid = nn.Linear(dim + 1, dim)
+        self.mid = Dense(dim + 1, dim)
         self.head = nn.Linear(dim, gaussians_per_patch * PACKED_DIM)
         self._init_head(self.head, PACKED_DIM, quat_w=6)
 
@@ -436,8 +454,8 @@ class FeatureGuidedDecoder(GaussianDecoder):
         x = tokens * (1.0 + gamma) + beta
         for block in self.blocks:
             x = block(x)
-        h = F.gelu(self.mid(torch.cat([self.out_norm(x), d], dim=-1)))
-        raw = self.head(h).reshape(batch, -1, PACKED_DIM)
+        h = self.mid(torch.cat([self.out_norm(x), d], dim=-1))
+        raw = self.head(h).float().reshape(batch, -1, PACKED_DIM)
         return self._decode(raw, depth)
 
 

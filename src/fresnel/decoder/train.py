@@ -196,6 +196,8 @@ class Trainer:
 
     def train_step(self, batch: dict, plan: EpochPlan, generator) -> dict:
         packed = self.predict(batch, plan.k_active)
+        if not torch.isfinite(packed).all():
+            raise TrainingDiverged("the decoder predicted NaN/Inf Gaussians")
         render = render_batch(self.renderer, packed, plan.resolution, plan.stochastic_k, generator)
         target = resize_targets(batch["image"].to(self.device), plan.resolution)
         total, parts = self.loss(render, target, pixel_weights(batch, self.config, plan.resolution))
@@ -209,7 +211,7 @@ class Trainer:
             raise TrainingDiverged(f"gradient norm is {float(norm)}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": float(total), **parts}
+        return {"loss": float(total.detach()), **parts}
 
     @torch.no_grad()
     def validate(self, epoch: int) -> tuple[dict, tuple]:

@@ -34,8 +34,10 @@ class RunLogger:
         self.tensorboard = SummaryWriter(str(self.dir / "tensorboard"))
         self.live = Live(str(self.dir / "dvclive"), resume=resume, save_dvc_exp=False,
                          dvcyaml=None, report=None)  # fmt: skip
+        self.history: list[dict] = []
 
     def log_epoch(self, metrics: dict, sample) -> None:
+        self.history.append(metrics)
         epoch = metrics["epoch"]
         for name, value in metrics.items():
             if name != "epoch":
@@ -53,3 +55,24 @@ class RunLogger:
     def close(self) -> None:
         self.tensorboard.close()
         self.live.end()
+        if self.history:
+            plot_curves(self.history, self.dir / "curves.png")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and held-out PSNR per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    left.plot(epochs, [m["train_loss"] for m in history], marker="o")
+    left.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    right.plot(epochs, [m["val_psnr"] for m in history], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel="held-out PSNR (dB)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -35,12 +35,14 @@ def _dag_jobs(snakefile: Path, targets: list[str]):
         workflow = workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         workflow._build_dag()
-        return sorted(workflow.dag.jobs, key=lambda j: (j.rule.name, str(j.output)))
+        jobs = sorted(workflow.dag.jobs, key=lambda j: (j.rule.name, str(j.output)))
+        return jobs, workflow.globals.get("DVC_PRESENTATION", {})
 
 
 def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> dict:
-    stages = {}
-    for job in _dag_jobs(Path(snakefile), list(targets)):
+    stages, metrics, plots = {}, [], []
+    jobs, presentation = _dag_jobs(Path(snakefile), list(targets))
+    for job in jobs:
         if not job.output:
             continue  # aggregate rules (all, demo) have nothing to version
         outs = [str(o) for o in job.output]
@@ -55,7 +57,18 @@ def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> 
             stage["params"] = params
         stage["outs"] = outs
         stages[_stage_name(job)] = stage
-    return {"stages": stages}
+        shown = presentation.get(job.rule.name, {})
+        metrics += [_fill(m, outs[0]) for m in shown.get("metrics", [])]
+        plots += [_fill(p, outs[0]) for p in shown.get("plots", [])]
+    return {"stages": stages, **({"metrics": metrics} if metrics else {}),
+            **({"plots": plots} if plots else {})}  # fmt: skip
+
+
+def _fill(entry, out: str):
+    """A presentation entry with {out} replaced by the job's (first) output path."""
+    if isinstance(entry, dict):
+        return {k.format(out=out): v for k, v in entry.items()}
+    return entry.format(out=out)
 
 
 def render(snakefile: str = "Snakefile") -> str:
