@@ -4,6 +4,11 @@ import runpy
 from pathlib import Path
 
 HERE = Path(__file__).parent
-for script in ("pipeline_overhead.py", "features_throughput.py"):
+for script in (
+    "pipeline_overhead.py",
+    "features_throughput.py",
+    "renderer_speed.py",
+    "hfts_fast_mode.py",
+):
     print(f"== {script}")
     runpy.run_path(str(HERE / script), run_name="__main__")

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fresnel.decoder import build_decoder, export_onnx, saag_init
 from fresnel.decoder import fresnel_zones as fz
 from fresnel.decoder import gaussians as g
-from fresnel.decoder.models import quat_multiply
+from fresnel.decoder.models import build_decoder, export_onnx, quat_multiply, saag_init
 
 EXPERIMENTS = (1, 2, 3)
 ALL_FLAGS = {"use_edge_aware": True, "use_phase_blending": True, "use_fresnel_zones": True}

@@ -19,7 +19,6 @@ from fresnel.render import (
 from fresnel.render import constants as C
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """These tests run many small ops; with intra-op threads on a busy 2-core machine each
@@ -33,7 +32,9 @@ def one_thread():
 TILE = TileBasedRenderer()
 # small chunks and groups, no cache: exercises chunk carry, tile groups and recomputation
 CHUNKED = TileBasedRenderer(chunk_size=4, max_chunk_elements=4 * 256 * 2, cache_bytes=0)
-RENDERERS = {"default": TILE, "chunked": CHUNKED}
+# large groups, as on GPUs (MAX_CHUNK_ELEMENTS["default"])
+LARGE = TileBasedRenderer(max_chunk_elements=2**22)
+RENDERERS = {"default": TILE, "chunked": CHUNKED, "large": LARGE}
 
 
 def camera(width: int, height: int, fov_scale: float = 1.1) -> Camera:
@@ -68,6 +69,9 @@ def relative(a: torch.Tensor, b: torch.Tensor, tiny: float = 1e-6) -> float:
     return float((a - b).abs().max() / max(float(b.abs().max()), tiny))
 
 
+NAMES = ("means", "scales", "quats", "opacities", "colors")
+
+
 def assert_matches_dense(inputs, cam, renderer=TILE, background=None, grads=True):
     out = renderer(*inputs, cam, background=background)
     ref = render_dense(*inputs, cam, background=background)
@@ -80,9 +84,6 @@ def assert_matches_dense(inputs, cam, renderer=TILE, background=None, grads=True
                                 strict=True):  # fmt: skip
             assert relative(gt, gd) <= 1e-4, f"grad {name}: relative error {relative(gt, gd)}"
     return out, ref
-
-
-NAMES = ("means", "scales", "quats", "opacities", "colors")
 
 
 @pytest.mark.parametrize("renderer", RENDERERS)
@@ -382,10 +383,29 @@ def test_eps2d_widens_a_tiny_gaussian():
 
 def test_near_plane_culls():
     cam = pixel_camera()
-    inside, outside = (TILE(*single(z=z, scale=1e-3), cam) for z in (1.01, 0.99))
     inside, outside = (TILE(*single(z=C.NEAR_PLANE * f, scale=1e-5), cam) for f in (1.1, 0.9))
     assert inside.radii.item() > 0 and inside.alpha.max() > 0
     assert outside.radii.item() == 0 and (outside.alpha == 0).all()
+
+
+def test_gaussians_whose_box_misses_the_image_are_culled():
+    cam = pixel_camera(width=8, height=8, col=3, row=3)
+    inputs = [t.repeat(3, 1) if t.dim() == 2 else t.repeat(3) for t in single(scale=0.05)]
+    # 2D variance 0.34 px^2, radius 2: centres 1.5 px (box overlaps) and 5.5 px left of it
+    inputs[0][:, 0] = torch.tensor([0.0, -5.0, -9.0]) * 2.0 / cam.fx
+    out = TILE(*inputs, cam)
+    assert out.radii.tolist() == [2, 2, 0]
+    assert_matches_dense([t.requires_grad_() for t in inputs], cam)
+
+
+def test_inference_without_gradients():
+    inputs, cam = [t.detach() for t in random_scene(80, 18)], camera(40, 30)
+    with torch.no_grad():
+        out, ref = TILE(*inputs, cam), render_dense(*inputs, cam)
+    assert not out.image.requires_grad
+    assert (out.image - ref.image).abs().max() <= 1e-5
+    graded = render_dense(*[t.clone().requires_grad_() for t in inputs], cam)
+    assert torch.equal(graded.image.detach(), ref.image)  # in-place path == autograd path
 
 
 def test_sigma_extent_truncates():

@@ -1,46 +1,7 @@
-"""Gaussian decoders: DINOv2 patch features + relative depth -> packed 3D Gaussians.
+"""The Fresnel Gaussian decoder: DINOv2 features + depth -> 3D Gaussians.
 
-``gaussians`` holds the packed (B, N, 14) layout, the camera convention and the depth prior;
-``models`` the three experiments (``build_decoder``); ``fresnel_zones`` the guide's
-Fresnel-inspired utilities. Nothing here imports the renderer.
+gaussians (packed layout, camera), models (experiments 1-3), fresnel_zones (the guide's
+Fresnel-inspired flags), config/train/hfts/losses/trainlog (training), export (ONNX,
+inference, PLY), evaluate (held-out metrics and baselines). Import the module you need;
+this package file stays empty so that importing one does not load the others.
 """
-
-from fresnel.decoder.gaussians import (
-    FOV_DEGREES,
-    PACKED_DIM,
-    intrinsics,
-    pack,
-    patch_rays,
-    select_per_patch,
-    unpack,
-)
-from fresnel.decoder.models import (
-    EXPERIMENTS,
-    DecoderFlags,
-    DirectPatchDecoder,
-    FeatureGuidedDecoder,
-    GaussianDecoder,
-    SAAGRefinementDecoder,
-    build_decoder,
-    export_onnx,
-    saag_init,
-)
-
-__all__ = [
-    "EXPERIMENTS",
-    "FOV_DEGREES",
-    "PACKED_DIM",
-    "DecoderFlags",
-    "DirectPatchDecoder",
-    "FeatureGuidedDecoder",
-    "GaussianDecoder",
-    "SAAGRefinementDecoder",
-    "build_decoder",
-    "export_onnx",
-    "intrinsics",
-    "pack",
-    "patch_rays",
-    "saag_init",
-    "select_per_patch",
-    "unpack",
-]

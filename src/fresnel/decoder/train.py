@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -235,6 +236,7 @@ class Trainer:
         plan = self.plan(epoch)
         self.stream.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        started = time.perf_counter()
         losses = []
         steps = batches(self.stream, self.train_ids, self.config.batch_size)
         total = math.ceil(len(self.train_ids) / self.config.batch_size)
@@ -242,7 +244,8 @@ class Trainer:
             losses.append(self.train_step(batch, plan, generator))
         means = {f"train_{k}": float(np.mean([s[k] for s in losses])) for k in losses[0]}
         return {"epoch": epoch + 1, "resolution": plan.resolution, "k_active": plan.k_active,
-                "stochastic_k": plan.stochastic_k or 0, **means}  # fmt: skip
+                "stochastic_k": plan.stochastic_k or 0, **means,
+                "epoch_seconds": time.perf_counter() - started}  # fmt: skip
 
 
 def final_checkpoint(run_dir) -> Path:

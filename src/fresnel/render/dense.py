@@ -1,6 +1,7 @@
 """Dense reference rasteriser: every Gaussian against every pixel, plain autograd.
 
-For tests and benchmarks only (cost and memory O(N x H x W)). It shares the projection and the
+For tests and benchmarks only: cost O(N x H x W); memory O(N x W x rows per block), as the
+image is done in blocks of rows, each recomputed in backward. It shares the projection and the
 per-pixel falloff with the tile renderer but blends independently (one global depth sort,
 a cumulative product over all N Gaussians), so the two check each other, including the tile
 renderer's hand-written backward pass.
@@ -41,7 +42,8 @@ def render_dense(
     viewmat: Tensor | None = None,
     background: Tensor | None = None,
 ) -> RenderOutput:
-    """Reference renderer with the same signature and output as TileBasedRenderer.render."""
+    """Reference renderer with the same signature and output as TileBasedRenderer.render; for
+    tests and benchmarks only (all N Gaussians against all H x W pixels)."""
     validate_inputs(means, scales, quats, opacities, colors)
     proj = project_gaussians(means, scales, quats, camera, viewmat)
     order = torch.argsort(proj.depths.detach(), stable=True)

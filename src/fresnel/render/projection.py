@@ -54,9 +54,9 @@ class RenderOutput:
     means2d: (N, 2) screen-space means in pixels. When the inputs require grad it is a non-leaf
         tensor on which retain_grad() was called, so after loss.backward() means2d.grad holds
         dL/dmeans2d (the view-space positional gradient 3DGS densification uses). Rows with
-        radii == 0 are not meaningful (zero for Gaussians in front of the near plane).
-    radii: (N,) int32 pixel radius ceil(3 * sqrt(largest eigenvalue of the 2D covariance));
-        0 = culled.
+        radii == 0 are not meaningful (zero where z < NEAR_PLANE).
+    radii: (N,) int32 pixel radius ceil(SIGMA_EXTENT * sqrt(largest eigenvalue of the 2D
+        covariance)); 0 = culled.
     """
 
     image: Tensor

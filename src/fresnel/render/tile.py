@@ -8,16 +8,20 @@ overlaps, giving (tile, Gaussian) pairs; one argsort of the key tile * N + depth
 them by tile and, within a tile, by depth (ties by index, like a stable depth sort). Each tile's
 list is then a contiguous run of the sorted array, read through (starts, counts).
 
-Blending: tiles with work are sorted by list length and batched into groups; each group walks
-its lists `chunk_size` Gaussians at a time, evaluating a (tiles, chunk, pixels) block and
-carrying per-pixel transmittance to the next chunk. Tiles whose lists are exhausted or whose
-pixels have all terminated drop out of later chunks, and a group stops when none remain. No
-tensor ever exceeds max(group block, pairs): memory does not grow with N x H x W, even when a
-few huge Gaussians cover every tile.
+Blending: tiles with work are sorted by list length and batched into groups of similar
+lengths; each group walks its lists `chunk_size` Gaussians at a time, evaluating a (tiles,
+pixels, chunk) block and carrying per-pixel transmittance to the next chunk. Tiles whose lists
+are exhausted or whose pixels have all stopped drop out of later chunks, and a group ends when
+none remain. No tensor is larger than one block (max_chunk_elements), the pair list or the image:
+nothing grows with N x H x W, even when a few huge Gaussians cover every tile.
 
-Backward recomputes each chunk from its saved input transmittance (as the CUDA kernels do), in
-reverse chunk order, carrying the suffix sum of later contributions per pixel, so nothing of
-size (pairs x pixels) is kept between forward and backward.
+Backward walks the chunks in reverse, carrying per pixel the gradient terms of everything
+blended later. It reuses forward intermediates up to `cache_bytes` and recomputes the other
+chunks from their saved input transmittance (as the CUDA kernels do); besides that budget it
+keeps one (tiles x pixels) transmittance snapshot per chunk step.
+
+The per-pixel falloff and the blending avoid boolean tensors in the hot path (F.threshold
+instead of masks): bool kernels are several times slower than arithmetic ones on CPU.
 """
 
 from __future__ import annotations
@@ -85,10 +89,11 @@ def build_tile_lists(
     rank[torch.argsort(depths, stable=True)] = torch.arange(n, device=device)
     gaussian = ids[owner]
     order = torch.argsort(tile * max(n, 1) + rank[gaussian])
-    counts = torch.zeros(tiles_x * tiles_y, dtype=torch.long, device=device)
-    counts.index_add_(0, tile, torch.ones_like(tile))
-    return TileLists(gaussian[order], counts.cumsum(0) - counts, counts, tiles_x, tiles_y,
-                     tile_size)  # fmt: skip
+    every = torch.arange(tiles_x * tiles_y, device=device)
+    sorted_tiles = tile[order]
+    starts = torch.searchsorted(sorted_tiles, every)
+    counts = torch.searchsorted(sorted_tiles, every, right=True) - starts
+    return TileLists(gaussian[order], starts, counts, tiles_x, tiles_y, tile_size)
 
 
 class TileBasedRenderer:
@@ -144,7 +149,8 @@ class TileBasedRenderer:
         )
         tiles_per_group = max(1, budget // (self.chunk_size * self.tile_size**2))
         clamp = len(opacities) > 0 and bool(opacities.max() > ALPHA_MAX)
-        return _Plan(lists, camera, self.chunk_size, tiles_per_group, clamp, self.cache_bytes)
+        cache = self.cache_bytes if torch.is_grad_enabled() else 0
+        return _Plan(lists, camera, self.chunk_size, tiles_per_group, clamp, cache)
 
 
 @dataclass
@@ -210,7 +216,6 @@ class _Chunk:
     params: Tensor  # (6, B, K)
     dx: Tensor  # (B, ts, K) pixel-column centre minus mean x
     dy: Tensor  # (B, ts, K) pixel-row centre minus mean y
-    alpha: Tensor  # (B, P, K)
     kept: Tensor  # (B, P, K) alpha before the ALPHA_MAX clamp
     one_minus_alpha: Tensor
     trans: Tensor  # (B, P, K + 1) transmittance before each entry, then after the last
@@ -219,9 +224,8 @@ class _Chunk:
     included: Tensor  # (len(stopped[0]), K) bool: which entries those pixels include
 
     def nbytes(self) -> int:
-        big = {id(t): t for t in (self.alpha, self.kept, self.one_minus_alpha, self.trans,
-                                  self.weights)}  # fmt: skip
-        return sum(t.numel() * t.element_size() for t in big.values())
+        big = (self.kept, self.one_minus_alpha, self.trans, self.weights)
+        return sum(t.numel() * t.element_size() for t in big)
 
 
 def _chunk(plan: _Plan, group: _Group, live, start: int, carry: Tensor) -> _Chunk:
@@ -250,7 +254,7 @@ def _chunk(plan: _Plan, group: _Group, live, start: int, carry: Tensor) -> _Chun
     stopped = (trans[..., -1] < TRANSMITTANCE_MIN).nonzero(as_tuple=True)
     included = trans[stopped][:, 1:] >= TRANSMITTANCE_MIN
     weights[stopped] *= included
-    return _Chunk(ids, params, dx, dy, alpha, kept, one_minus, trans, weights, stopped, included)
+    return _Chunk(ids, params, dx, dy, kept, one_minus, trans, weights, stopped, included)
 
 
 def _pack(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
@@ -271,7 +275,8 @@ class _Blend(torch.autograd.Function):
         final = running.clone()
         out = means2d.new_zeros(*running.shape, features.shape[1])
         groups = _groups(plan, _pack(means2d, conics, opacities))
-        steps, cache_left = [], plan.cache_bytes
+        keep = any(ctx.needs_input_grad[:4])  # nothing to keep for inference
+        steps, cache_left = [], plan.cache_bytes if keep else 0
         for g, group in enumerate(groups):
             carry, done = running[group.tiles], final[group.tiles]
             counts = plan.lists.counts[group.tiles]
@@ -284,7 +289,9 @@ class _Blend(torch.autograd.Function):
                 c = _chunk(plan, group, live, start, carry[rows])
                 out[group.tiles[rows]] += torch.bmm(c.weights, features[c.ids])
                 cache_left -= c.nbytes()
-                steps.append((g, live, start, carry[rows].clone(), c if cache_left >= 0 else None))
+                if keep:
+                    cached = c if cache_left >= 0 else None
+                    steps.append((g, live, start, carry[rows].clone(), cached))
                 done[rows] = _final_transmittance(c, done[rows])
                 carry[rows] = c.trans[..., -1]
             running[group.tiles], final[group.tiles] = carry, done
@@ -325,9 +332,9 @@ def _alpha_grad(c: _Chunk, grad: Tensor, tiles, suffix, features, g_features) ->
     s = torch.bmm(grad, features[c.ids].transpose(1, 2))
     later = c.weights * s
     total = later.sum(-1, keepdim=True)
-    later = later.cumsum_(-1).neg_().add_(suffix[tiles].unsqueeze(-1) + total)
+    later = torch.sub(suffix[tiles].unsqueeze(-1) + total, later.cumsum_(-1), out=later)
     suffix[tiles] += total.squeeze(-1)
-    g_alpha = s.mul_(c.trans[..., :-1]).sub_(later.div_(c.one_minus_alpha))
+    g_alpha = s.mul_(c.trans[..., :-1]).addcdiv_(later, c.one_minus_alpha, value=-1)
     g_alpha[c.stopped] *= c.included
     return g_alpha
 
