@@ -29,6 +29,18 @@ def test_guide_commands_chain_offline(tmp_path):
     )
     assert json.loads((tmp_path / "shards/manifest.json").read_text())["count"] == 3
 
+    run("fresnel train_gaussian_decoder --experiment 2 --data_dir shards --output_dir ck "
+        "--epochs 1 --image_size 16 --gaussians_per_patch 1 --val_fraction 0.34", tmp_path)  # fmt: skip
+    assert (tmp_path / "ck/decoder_exp2_epoch1.pt").is_file()
+    assert (tmp_path / "ck/renders.png").is_file() and (tmp_path / "ck/curves.png").is_file()
+    run(f"fresnel decoder_inference {features}/sample_coffee_dinov2.bin "
+        f"{features}/sample_coffee_depth.bin out.bin --model ck/gaussian_decoder_exp2.onnx "
+        "--ply out.ply", tmp_path)  # fmt: skip
+    assert (tmp_path / "out.bin").stat().st_size == 37 * 37 * 1 * 14 * 4
+    table = run("fresnel evaluate_decoder --model ck/gaussian_decoder_exp2.onnx --run_dir ck "
+                "--data_dir shards --output_dir eval", tmp_path).stdout  # fmt: skip
+    assert "| decoder |" in table and "| untrained |" in table and "| bicubic |" in table
+
 
 def test_check_params_names_the_bad_key(tmp_path):
     bad = tmp_path / "params.yaml"

@@ -115,6 +115,15 @@ def _decoder_inference(args) -> None:
           + (f"; {args.ply}" if args.ply else ""))  # fmt: skip
 
 
+def _evaluate(args) -> None:
+    from fresnel.decoder.evaluate import evaluate, markdown_table
+    from fresnel.decoder.train import final_checkpoint
+
+    checkpoint = args.checkpoint or final_checkpoint(args.run_dir)
+    summary = evaluate(args.model, checkpoint, args.data_dir, args.output_dir, args.lpips_backbone)
+    print(markdown_table(summary))
+
+
 def _dvc_yaml(args) -> None:
     from fresnel.pipeline import dvcgen
 
@@ -210,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/gaussian_decoder.onnx")
     p.add_argument("--ply", default=None, help="also write a 3D Gaussian Splatting PLY")
     p.set_defaults(func=_decoder_inference)
+
+    p = sub.add_parser("evaluate_decoder", help="held-out metrics against two baselines")
+    p.add_argument("--model", required=True, help="the exported decoder .onnx")
+    p.add_argument("--run_dir", default="checkpoints", help="training output (last checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="a specific checkpoint instead")
+    p.add_argument("--data_dir", default="data/shards")
+    p.add_argument("--output_dir", default="evaluation")
+    p.add_argument("--lpips_backbone", default=None, help="torchvision AlexNet weights file")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
     p.add_argument("--check", action="store_true", help="fail when dvc.yaml is out of date")
