@@ -125,19 +125,23 @@ def sync_from_dvc(workflow) -> None:
         if result.returncode != 0:
             raise RuntimeError(f"marking DVC-restored outputs up to date failed:\n{result.stderr}")
     write_json(SYNC_STATE, {"fp": _fingerprint(stages), "touched": existing})
+    global _RUN_STARTED
+    _RUN_STARTED = time.time()  # what the touch rewrote was not produced by this run
 
 
-def _ran_this_session(workflow, outputs: list[str]) -> bool:
-    """True when Snakemake finished a job for these outputs in this invocation."""
-    from snakemake.io import IOFile
+def _written_this_session(outputs: list[str]) -> bool:
+    """True when every output was (re)written after this snakemake invocation started.
 
-    for out in outputs:
-        record = workflow.persistence.metadata(IOFile(out))
-        if record is None or record.endtime is None or record.starttime is None:
-            return False
-        if record.starttime < _RUN_STARTED - 1:
-            return False
-    return bool(outputs)
+    Snakemake touches each output (a directory's `.snakemake_timestamp`) when its job ends;
+    outputs that a job did not produce in this invocation are older.
+    """
+
+    def mtime(path: Path) -> float:
+        stamp = path / ".snakemake_timestamp"
+        return max(path.stat().st_mtime, stamp.stat().st_mtime if stamp.exists() else 0.0)
+
+    paths = [Path(o) for o in outputs]
+    return bool(paths) and all(p.exists() and mtime(p) >= _RUN_STARTED for p in paths)
 
 
 def commit_to_dvc(workflow, logfile=None) -> None:
@@ -145,7 +149,7 @@ def commit_to_dvc(workflow, logfile=None) -> None:
     if not _active(workflow) or workflow.dryrun or workflow.touch:
         return
     stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
-    ran = [name for name, s in stages.items() if _ran_this_session(workflow, s.get("outs", []))]
+    ran = [name for name, s in stages.items() if _written_this_session(s.get("outs", []))]
     if not ran:
         return
     result = subprocess.run(
