@@ -27,4 +27,4 @@ rule all:
 
 
 onsuccess:
-    commit_to_dvc(workflow, log)
+    commit_to_dvc(workflow)

@@ -124,7 +124,7 @@ def sync_from_dvc(workflow) -> None:
         result = _nested_snakemake("--touch", *existing)
         if result.returncode != 0:
             raise RuntimeError(f"marking DVC-restored outputs up to date failed:\n{result.stderr}")
-    write_json(SYNC_STATE, {"fp": _fingerprint(stages), "touched": existing})
+    write_json(SYNC_STATE, {"fp": _fingerprint(stages), "marked_up_to_date": existing})
     global _RUN_STARTED
     _RUN_STARTED = time.time()  # what the touch rewrote was not produced by this run
 
@@ -144,7 +144,7 @@ def _written_this_session(outputs: list[str]) -> bool:
     return bool(paths) and all(p.exists() and mtime(p) >= _RUN_STARTED for p in paths)
 
 
-def commit_to_dvc(workflow, logfile=None) -> None:
+def commit_to_dvc(workflow) -> None:
     """`dvc commit` the stages whose jobs this Snakemake invocation ran."""
     if not _active(workflow) or workflow.dryrun or workflow.touch:
         return
