@@ -47,3 +47,16 @@ def make_workspace(path: Path) -> Path:
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     return make_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For tests of many small ops: with intra-op threads on a busy 2-core machine each
+    parallel region can wait milliseconds for a descheduled worker (a tiny-model epoch took
+    0.5 s on one thread, 4.7 s on two). Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

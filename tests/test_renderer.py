@@ -18,15 +18,7 @@ from fresnel.render import (
 )
 from fresnel.render import constants as C
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run many small ops; with intra-op threads on a busy 2-core machine each
-    parallel region can wait milliseconds for a descheduled worker. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TILE = TileBasedRenderer()
