@@ -16,9 +16,12 @@ $(VENV)/.installed-$(TARGET): pyproject.toml envs/$(TARGET).txt
 
 venv: $(VENV)/.installed-$(TARGET)
 
+DEMO_TARGETS := results/decoder_exp2.onnx results/decoder_exp2_eval \
+	results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval
+
 demo: venv
-	$(VENV)/bin/snakemake --profile $(TARGET) results/decoder_exp2.onnx results/decoder_exp2_eval
-	@cat results/decoder_exp2_eval/table.md
+	$(VENV)/bin/snakemake --profile $(TARGET) $(DEMO_TARGETS)
+	@cat results/decoder_exp2_eval/table.md results/pbr_eval/table.md
 
 lint: venv
 	$(VENV)/bin/ruff check .

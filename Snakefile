@@ -1,5 +1,6 @@
 # Fresnel pipelines. Build one artifact on one target:
 #   snakemake --profile rocm results/decoder_exp2.onnx
+#   snakemake --profile cpu results/pbr_student.mlpackage
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
 from fresnel.params import validate
 from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc
@@ -14,6 +15,7 @@ validate(config, source="params.yaml (with --config overrides)")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/decoder.smk"
+include: "workflow/rules/pbr.smk"
 
 
 sync_from_dvc(workflow)
@@ -23,6 +25,9 @@ rule all:
     input:
         expand("results/decoder_exp{exp}.onnx", exp=config["targets"]["decoder_experiments"]),
         expand("results/decoder_exp{exp}_eval", exp=config["targets"]["decoder_experiments"]),
+        ["results/pbr_student.mlpackage", "results/pbr_student.onnx", "results/pbr_eval"]
+        if config["targets"]["pbr"]
+        else [],
     default_target: True
 
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 
+from chat_server import ChatServer
 from conftest import run
 from fresnel import io
 
@@ -16,10 +17,14 @@ def test_guide_commands_chain_offline(tmp_path):
         tmp_path,
     )
     run("fresnel export_depth_model --source tiny-random", tmp_path)
-    run("fresnel preprocess_training_data --data_dir raw/images --depth_size 64", tmp_path)
+    run("fresnel preprocess_training_data --data_dir raw/images --depth_size 64 "
+        "--use_vlm --vlm_provider offline", tmp_path)  # fmt: skip
     features = tmp_path / "raw/images/features"
     ids = json.loads((features / "index.json").read_text())["ids"]
     assert ids == ["sample_astronaut", "sample_chelsea", "sample_coffee"]
+    assert sorted(p.name for p in features.glob("*_vlm_density.npy")) == [
+        f"{i}_vlm_density.npy" for i in ids
+    ]
     depth = io.read_f32_bin(features / "sample_coffee_depth.bin", (64, 64))
     assert np.isfinite(depth).all() and depth.std() > 0
     run(
@@ -47,3 +52,59 @@ def test_check_params_names_the_bad_key(tmp_path):
     bad.write_text("download: {count: fast}\n")
     out = run(f"fresnel check-params {bad}", tmp_path, check=False)
     assert out.returncode != 0 and "download.count: 'fast' is not of type 'integer'" in out.stderr
+
+
+def test_vlm_guidance_offline_writes_the_three_pictures(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    out = run("fresnel vlm_guidance astronaut.png --smart --provider offline --visualize "
+              "--output vlm_test", tmp_path).stdout  # fmt: skip
+    assert "offline:lbp-face, branch smart-face" in out
+    names = sorted(p.name for p in (tmp_path / "vlm_test").iterdir())
+    assert names == ["astronaut_density.npy", "astronaut_density.png", "astronaut_segments.png"]
+    density = np.load(tmp_path / "vlm_test/astronaut_density.npy")
+    row, col = np.unravel_index(np.argmax(density), density.shape)
+    # eyes of the 512 px astronaut: (206, 102) and (245, 103); the map is 64 px
+    assert min(abs(col * 8 - 206), abs(col * 8 - 245)) <= 12 and abs(row * 8 - 102) <= 12
+
+
+def test_vlm_check_lists_the_servers_models(tmp_path):
+    with ChatServer(answer=lambda request: "", models=["qwen2-vl-7b-instruct", "other"]) as srv:
+        out = run(f"fresnel vlm_check --vlm_url {srv.url}", tmp_path).stdout
+    assert "2 model(s) served: qwen2-vl-7b-instruct, other" in out
+    refused = run("fresnel vlm_check --vlm_url http://127.0.0.1:9/v1/chat/completions "
+                  "--retries 0", tmp_path, check=False)  # fmt: skip
+    assert refused.returncode != 0 and "Cannot connect to VLM" in refused.stderr
+
+
+def test_neuropbr_commands_chain(tmp_path):
+    """The guide's NeuroPBR scripts by hand, at toy size: dataset, teacher, shards, student,
+    Core ML and ONNX export, inference and evaluation."""
+    (tmp_path / "one_epoch.py").write_text(
+        "from fresnel.pbr.config import get_config as preset\n\n\n"
+        "def get_config():\n    cfg = preset('tiny')\n    cfg.training.epochs = 1\n"
+        "    cfg.data.val_ratio = 0.34\n    return cfg\n"
+    )
+    run("fresnel pbr_make_dataset --data-root data --materials 3 --samples-per-material 1 "
+        "--size 32", tmp_path)  # fmt: skip
+    run("fresnel pbr_train --config one_epoch.py --input-dir data/input "
+        "--output-dir data/output --checkpoint-dir teacher", tmp_path)  # fmt: skip
+    assert (tmp_path / "teacher/best_model.pth").is_file()
+    run("fresnel teacher_infer --checkpoint teacher/best_model.pth --data-root data "
+        "--shards-dir shards --shard-output-size 64", tmp_path)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.pt")) == ["shard_00000.pt"]
+    run("fresnel student_train --config tiny_student --shards-dir shards --input-dir data/input "
+        "--output-dir data/output --checkpoint-dir student --epochs 1", tmp_path)  # fmt: skip
+    student = "student/best_student.pth"
+    run(f"fresnel coreml_convert {student} --output pbr.mlpackage", tmp_path)
+    assert (tmp_path / "pbr.mlpackage/Manifest.json").is_file()
+    run(f"fresnel export_student_onnx {student} --output pbr.onnx", tmp_path)
+    run(f"fresnel run_inference --checkpoint {student} --data-root data --sample-idx 1 "
+        "--out-dir maps", tmp_path)  # fmt: skip
+    for name in ("albedo", "roughness", "metallic", "normal"):
+        assert (tmp_path / f"maps/{name}.png").is_file()
+    out = run("fresnel pbr_evaluate --data-root data --teacher teacher/best_model.pth "
+              f"--student {student} --out-dir eval", tmp_path).stdout  # fmt: skip
+    assert '"held_out_samples": 1' in out and (tmp_path / "eval/table.md").is_file()

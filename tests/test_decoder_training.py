@@ -14,6 +14,7 @@ from fresnel.decoder.train import (
     Trainer,
     TrainingDiverged,
     final_checkpoint,
+    pixel_weights,
     psnr,
     render_batch,
     resize_targets,
@@ -21,12 +22,15 @@ from fresnel.decoder.train import (
 )
 
 
-def make_shards(root, count=3, resolution=32, seed=0):
-    """Shards of smooth coloured images with random features and a depth ramp."""
+def make_shards(root, count=3, resolution=32, seed=0, vlm=False):
+    """Shards of smooth coloured images with random features and a depth ramp; `vlm` adds
+    a density map that is high in each image's top-left quadrant."""
     rng = np.random.default_rng(seed)
     images, features = root / "matted", root / "features"
     (images / "images").mkdir(parents=True)
     features.mkdir()
+    density = np.ones((16, 16), np.float32)
+    density[:8, :8] = 7.0
     yy, xx = np.mgrid[0:518, 0:518] / 518
     rows = []
     for i in range(count):
@@ -35,11 +39,13 @@ def make_shards(root, count=3, resolution=32, seed=0):
         rows.append({"id": f"im{i}", "file": f"images/im{i}.png"})
         io.write_f32_bin(features / f"im{i}_dinov2.bin", rng.normal(size=(37, 37, 384)))
         io.write_f32_bin(features / f"im{i}_depth.bin", np.tile(np.linspace(0, 1, 64), (64, 1)))
+        np.save(features / f"im{i}_vlm_density.npy", density / density.mean())
     pd.DataFrame(rows).to_parquet(images / "manifest.parquet")
     io.write_json(
         features / "index.json", {"ids": [r["id"] for r in rows], "depth_shape": [64, 64]}
     )
-    shards.pack(images, features, root / "shards", resolution=resolution, shard_size=2, seed=0)
+    shards.pack(images, features, root / "shards", resolution=resolution, shard_size=2, seed=0,
+                vlm_dir=features if vlm else None)  # fmt: skip
     return root / "shards"
 
 
@@ -64,6 +70,34 @@ def test_vlm_weight_zero_is_exactly_unweighted():
     assert losses.weighted_l1(render, target, weight) == losses.weighted_l1(render, target, None)
     half = losses.vlm_weight_map(density, 0.5, 16)
     assert torch.allclose(half.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+
+
+def test_guidance_gradients_follow_a_planted_density(tmp_path):
+    """Per-pixel gradient of the training loss w.r.t. the render: weight (1 - w) + w * d / mean
+    for density d, so the planted quadrant (d = 7) outweighs the rest (d = 1)."""
+    trainer = Trainer(small_config(use_vlm_guidance=True, vlm_weight=0.5),
+                      make_shards(tmp_path, vlm=True), tmp_path / "run")  # fmt: skip
+    batch = next(iter(torch.utils.data.DataLoader(shards.ShardStream(trainer.shard_dir),
+                                                  batch_size=1)))  # fmt: skip
+    render = torch.full((1, 3, 32, 32), 0.5, requires_grad=True)
+    target = torch.zeros(1, 3, 32, 32)
+    weight = pixel_weights(batch, trainer.config, 32)
+    trainer.loss(render, target, weight)[0].backward()
+    grad = render.grad.abs()[0].mean(dim=0)
+    high, low = grad[2:14, 2:14].mean(), grad[18:30, 18:30].mean()  # away from the edge
+    mean = (7 + 3) / 4  # the planted density before normalising to mean 1
+    expected = (0.5 + 0.5 * 7 / mean) / (0.5 + 0.5 * 1 / mean)
+    assert float(high / low) == pytest.approx(expected, rel=1e-3)
+
+
+def test_vlm_weight_zero_trains_exactly_like_no_guidance(tmp_path):
+    shard_dir = make_shards(tmp_path, vlm=True)
+    plain = train(small_config(epochs=1), shard_dir, tmp_path / "a")
+    guided = train(small_config(epochs=1, use_vlm_guidance=True, vlm_weight=0.0),
+                   shard_dir, tmp_path / "b")  # fmt: skip
+    a = torch.load(plain["checkpoint"], weights_only=True)["model"]
+    b = torch.load(guided["checkpoint"], weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_lpips_without_backbone_is_a_clear_error(tmp_path):

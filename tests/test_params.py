@@ -51,3 +51,11 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(params.ParamsError) as err:
         params.validate(cfg)
     assert "shards.resolution" in str(err.value) and "matte.extra" in str(err.value)
+
+
+def test_vlm_guidance_without_the_vlm_stage_is_an_error():
+    cfg = demo_params()
+    cfg["decoder"]["use_vlm_guidance"] = True
+    cfg["vlm"]["use_vlm"] = False
+    with pytest.raises(params.ParamsError, match=r"decoder\.use_vlm_guidance: needs vlm\.use_vlm"):
+        params.validate(cfg)

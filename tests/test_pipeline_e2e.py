@@ -9,7 +9,8 @@ import yaml
 from conftest import REPO, make_workspace, run
 
 pytestmark = pytest.mark.slow
-DEMO_TARGETS = "results/decoder_exp2.onnx results/decoder_exp2_eval"
+PBR_TARGETS = "results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval"
+DEMO_TARGETS = f"results/decoder_exp2.onnx results/decoder_exp2_eval {PBR_TARGETS}"
 
 
 def nothing_to_do(ws) -> bool:
@@ -47,10 +48,12 @@ def set_param(ws, path: str, value) -> None:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo DAG run once by snakemake through the shards."""
+    """The demo DAG run once by snakemake: the NeuroPBR chain from its .mlpackage target,
+    then everything `make demo` builds."""
     ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
     set_param(ws, "decoder.epochs", 2)  # the demo's schedule, shortened: these tests rerun it
     run("git commit -qam 'short schedule'", ws)
+    run("snakemake --profile cpu results/pbr_student.mlpackage", ws)
     run(f"snakemake --profile cpu {DEMO_TARGETS}", ws)  # what `make demo` runs
     return ws
 
@@ -67,6 +70,42 @@ def test_demo_produces_decoder_onnx_evaluation_and_provenance(demo):
     record = json.loads((demo / "provenance/features.json").read_text())
     assert record["device"] == "cpu" and record["git_revision"] != "unknown"
     assert record["params"]["cfg"] == {"batch_size": 4, "depth_size": 256}
+
+
+def test_demo_density_maps_come_from_the_offline_provider_into_the_shards(demo):
+    index = json.loads((demo / "data/vlm/index.json").read_text())
+    providers = {entry["provider"] for entry in index["items"].values()}
+    assert providers <= {"offline:lbp-face", "offline:saliency"} and len(index["items"]) == 16
+    assert index["items"]["sample_astronaut"]["branch"] == "smart-face"
+    manifest = json.loads((demo / "data/shards/manifest.json").read_text())
+    assert manifest["vlm_density"] and manifest["tensors"]["vlm_density"] == [64, 64]
+    train = json.loads((demo / "provenance/train-2.json").read_text())
+    assert train["params"]["cfg"]["use_vlm_guidance"] is True
+
+
+def test_pbr_chain_exports_the_student_and_both_models_beat_the_baseline(demo):
+    from fresnel.pbr.coreml import inspect_package
+
+    spec = inspect_package(demo / "results/pbr_student.mlpackage")
+    assert spec["specification_version"] == 8  # iOS 17
+    assert [v["color"] for v in spec["inputs"].values()] == ["RGB"] * 3
+    assert {(v["width"], v["height"]) for v in spec["inputs"].values()} == {(32, 32)}
+    assert spec["weight_dtypes"].get("fp32", 0) == 0
+    assert (demo / "results/pbr_student.onnx").is_file()
+    models = json.loads((demo / "results/pbr_eval/summary.json").read_text())["models"]
+    baseline = models["mean-map baseline"]
+    for name in ("teacher", "student"):
+        for metric in ("albedo_psnr", "roughness_psnr", "metallic_psnr", "rerender_psnr"):
+            assert models[name][metric] > baseline[metric], (name, metric)
+    assert "| teacher |" in (demo / "results/pbr_eval/table.md").read_text()
+
+
+def test_student_param_edit_reruns_only_the_student_side(demo):
+    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 39}})
+    assert dvc_stale(demo) == {"pbr_student"}
+    assert snakemake_plan(demo) == {"pbr_student", "pbr_coreml", "pbr_onnx", "pbr_evaluate"}
+    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 40}})
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
 def test_snakemake_run_leaves_dvc_clean(demo):

@@ -8,15 +8,19 @@ import sys
 from pathlib import Path
 
 
-def _params(args) -> dict:
+def params_from(file: str | None) -> dict:
     """Settings the guide's flags do not cover (hub ids, matte geometry) come from params."""
     from fresnel import params
 
-    path = Path(args.params or "params.yaml")
-    if args.params is None and not path.exists():
+    path = Path(file or "params.yaml")
+    if file is None and not path.exists():
         path = params.REPO_ROOT / "params.yaml"
     logging.getLogger("fresnel").info("settings not given as flags come from %s", path)
     return params.load(path)
+
+
+def _params(args) -> dict:
+    return params_from(args.params)
 
 
 def _download(args) -> None:
@@ -47,7 +51,27 @@ def _preprocess(args) -> None:
     stats = features.run(work / "matted", args.dinov2_model, args.depth_model, output_dir,
                          batch_size=args.batch_size, depth_size=args.depth_size,
                          target=args.target)  # fmt: skip
+    if args.use_vlm:
+        stats["vlm"] = _preprocess_vlm(args, cfg["vlm"], work, output_dir)
     print(stats)
+
+
+def _preprocess_vlm(args, cfg: dict, work: Path, output_dir: Path) -> dict:
+    """--use_vlm: `{name}_vlm_density.npy` beside the features (the guide's layout)."""
+    from fresnel.io import link_or_copy
+    from fresnel.vlm import stage
+
+    stats = stage.run(
+        work / "matted", work / "vlm", provider=args.vlm_provider, url=args.vlm_url,
+        model=cfg["model"], grid_size=args.vlm_grid_size, smart=cfg["smart"],
+        on_failure=cfg["on_failure"], size=cfg["density_size"], temperature=cfg["temperature"],
+        max_tokens=cfg["max_tokens"], connect_timeout=cfg["connect_timeout"],
+        read_timeout=cfg["read_timeout"], max_in_flight=cfg["max_in_flight"],
+        retries=cfg["retries"], api_key_env=cfg["api_key_env"],
+    )  # fmt: skip
+    for density in sorted((work / "vlm").glob("*_vlm_density.npy")):
+        link_or_copy(density, output_dir / density.name)
+    return stats
 
 
 def _export(kind: str):
@@ -157,6 +181,9 @@ def _lint_workflow(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fresnel.pbr import cli as pbr_cli
+    from fresnel.vlm import cli as vlm_cli
+
     parser = argparse.ArgumentParser(prog="fresnel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -180,7 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov2_model", default="models/dinov2_small.onnx")
     p.add_argument("--depth_model", default="models/depth_anything_v2_small.onnx")
     p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "rocm", "mps"])
-    p.add_argument("--params", help="matte settings (default: ./params.yaml, else the project's)")
+    p.add_argument("--use_vlm", action="store_true", help="also write VLM density maps")
+    p.add_argument("--vlm_url", default="http://localhost:1234/v1/chat/completions")
+    p.add_argument("--vlm_grid_size", type=int, choices=[4, 8, 16], default=8)
+    p.add_argument("--vlm_provider", choices=["vlm", "offline"], default="vlm",
+                   help="offline: face cascade + saliency, no server")  # fmt: skip
+    p.add_argument(
+        "--params", help="matte/vlm settings (default: ./params.yaml, else the project's)"
+    )
     p.set_defaults(func=_preprocess)
 
     for kind, name, out, hub in (
@@ -229,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips_backbone", default=None, help="torchvision AlexNet weights file")
     p.set_defaults(func=_evaluate)
 
+    vlm_cli.add_commands(sub)
+    pbr_cli.add_commands(sub)
+
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
     p.add_argument("--check", action="store_true", help="fail when dvc.yaml is out of date")
     p.add_argument("--output", default="dvc.yaml")
@@ -243,10 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors about the user's input or setup: their message says what to fix."""
+    from fresnel.images import BadImage
+    from fresnel.params import ParamsError
+    from fresnel.vlm.client import VLMError
+
+    return (FileNotFoundError, BadImage, ParamsError, VLMError)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except _user_errors() as exc:
+        sys.exit(f"fresnel {args.command}: {exc}")
 
 
 if __name__ == "__main__":

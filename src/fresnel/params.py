@@ -38,10 +38,23 @@ def validate(params: dict, source: str = "params.yaml", schema: dict | None = No
     """Raise ParamsError listing every problem in `params`, each with its key path."""
     validator = jsonschema.Draft202012Validator(schema or load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  {_describe(e)}" for e in errors)
+    problems = [_describe(e) for e in errors] or _cross_field_problems(params)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
         raise ParamsError(f"{source} is invalid:\n{lines}")
     return params
+
+
+def _cross_field_problems(params: dict) -> list[str]:
+    """Rules between sections that a JSON schema cannot state readably."""
+    problems = []
+    decoder, vlm = params.get("decoder", {}), params.get("vlm", {})
+    if decoder.get("use_vlm_guidance") and not vlm.get("use_vlm"):
+        problems.append(
+            "decoder.use_vlm_guidance: needs vlm.use_vlm: true (the density maps come from "
+            "the vlm stage); turn one on or the other off"
+        )
+    return problems
 
 
 def load(path: str | Path = "params.yaml") -> dict:

@@ -18,3 +18,8 @@ def P(path):
 def code(script):
     """A rule's code inputs: its adapter script and every fresnel module it imports."""
     return code_inputs(f"workflow/scripts/{script}")
+
+
+def vlm_density_input(wildcards):
+    """The vlm stage's density maps join the shards only when params turn it on."""
+    return {"vlm": "data/vlm"} if config["vlm"]["use_vlm"] else {}

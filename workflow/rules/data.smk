@@ -74,8 +74,23 @@ rule features:
         "../scripts/features.py"
 
 
+rule vlm:
+    input:
+        images="data/matted",
+        code=code("vlm.py"),
+    output:
+        directory("data/vlm"),
+    params:
+        cfg=P("vlm"),
+    log:
+        "logs/vlm.log",
+    script:
+        "../scripts/vlm.py"
+
+
 rule shards:
     input:
+        unpack(vlm_density_input),
         images="data/matted",
         features="data/features",
         code=code("shards.py"),

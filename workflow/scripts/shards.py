@@ -8,4 +8,5 @@ with stage(snakemake) as rec:
     rec.stats = pack(
         snakemake.input.images, snakemake.input.features, snakemake.output[0],
         resolution=cfg["resolution"], shard_size=cfg["shard_size"], seed=cfg["seed"],
+        vlm_dir=snakemake.input.get("vlm"),
     )  # fmt: skip

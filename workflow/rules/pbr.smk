@@ -1,0 +1,132 @@
+# NeuroPBR (guide 002): PBR materials -> multi-view teacher -> fp16 teacher shards ->
+# distilled student -> Core ML .mlpackage and ONNX, plus an evaluation of both models.
+
+DVC_PRESENTATION.update(
+    {
+        "pbr_teacher": {"plots": ["{out}/curves.png"]},
+        "pbr_student": {"plots": ["{out}/curves.png"]},
+        "pbr_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/metrics.png"]},
+    }
+)
+
+
+rule pbr_dataset:
+    input:
+        code=code("pbr_dataset.py"),
+    output:
+        directory("data/pbr"),
+    params:
+        cfg=P("pbr.dataset"),
+    log:
+        "logs/pbr_dataset.log",
+    script:
+        "../scripts/pbr_dataset.py"
+
+
+rule pbr_teacher:
+    input:
+        data="data/pbr",
+        code=code("pbr_teacher.py"),
+    output:
+        report(
+            directory("results/pbr_teacher"),
+            patterns=["curves.png"],
+            caption="../report/pbr_teacher.rst",
+            category="NeuroPBR",
+        ),
+    params:
+        cfg=P("pbr.teacher"),
+    resources:
+        gpu=1,
+    log:
+        "logs/pbr_teacher.log",
+    script:
+        "../scripts/pbr_teacher.py"
+
+
+rule pbr_teacher_shards:
+    input:
+        data="data/pbr",
+        teacher="results/pbr_teacher",
+        code=code("pbr_teacher_shards.py"),
+    output:
+        directory("data/pbr_shards"),
+    params:
+        cfg=P("pbr.teacher_shards"),
+    resources:
+        gpu=1,
+    log:
+        "logs/pbr_teacher_shards.log",
+    script:
+        "../scripts/pbr_teacher_shards.py"
+
+
+rule pbr_student:
+    input:
+        data="data/pbr",
+        shards="data/pbr_shards",
+        code=code("pbr_student.py"),
+    output:
+        report(
+            directory("results/pbr_student"),
+            patterns=["curves.png"],
+            caption="../report/pbr_student.rst",
+            category="NeuroPBR",
+        ),
+    params:
+        cfg=P("pbr.student"),
+    resources:
+        gpu=1,
+    log:
+        "logs/pbr_student.log",
+    script:
+        "../scripts/pbr_student.py"
+
+
+rule pbr_coreml:
+    input:
+        student="results/pbr_student",
+        code=code("pbr_coreml.py"),
+    output:
+        directory("results/pbr_student.mlpackage"),
+    params:
+        cfg=P("pbr.coreml"),
+    log:
+        "logs/pbr_coreml.log",
+    script:
+        "../scripts/pbr_coreml.py"
+
+
+rule pbr_onnx:
+    input:
+        student="results/pbr_student",
+        code=code("pbr_onnx.py"),
+    output:
+        "results/pbr_student.onnx",
+    params:
+        cfg=P("pbr.onnx"),
+    log:
+        "logs/pbr_onnx.log",
+    script:
+        "../scripts/pbr_onnx.py"
+
+
+rule pbr_evaluate:
+    input:
+        data="data/pbr",
+        teacher="results/pbr_teacher",
+        student="results/pbr_student",
+        code=code("pbr_evaluate.py"),
+    output:
+        report(
+            directory("results/pbr_eval"),
+            patterns=["table.md", "metrics.png", "per_sample.csv"],
+            caption="../report/pbr_evaluate.rst",
+            category="NeuroPBR",
+        ),
+    params:
+        cfg=P("pbr.evaluate"),
+    log:
+        "logs/pbr_evaluate.log",
+    script:
+        "../scripts/pbr_evaluate.py"
