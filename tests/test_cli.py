@@ -29,13 +29,16 @@ def test_guide_commands_chain_offline(tmp_path):
     assert np.isfinite(depth).all() and depth.std() > 0
     run(
         "fresnel pack_shards --images_dir raw/images/preprocessed/matted "
-        f"--features_dir {features} --output_dir shards --resolution 32 --shard_size 2",
+        f"--features_dir {features} --output_dir shards --resolution 32 --shard_size 2 "
+        f"--vlm_dir {features}",
         tmp_path,
     )
-    assert json.loads((tmp_path / "shards/manifest.json").read_text())["count"] == 3
+    manifest = json.loads((tmp_path / "shards/manifest.json").read_text())
+    assert manifest["count"] == 3 and manifest["vlm_density"]
 
     run("fresnel train_gaussian_decoder --experiment 2 --data_dir shards --output_dir ck "
-        "--epochs 1 --image_size 16 --gaussians_per_patch 1 --val_fraction 0.34", tmp_path)  # fmt: skip
+        "--epochs 1 --image_size 16 --gaussians_per_patch 1 --val_fraction 0.34 "
+        "--use_vlm_guidance --vlm_weight 0.5", tmp_path)  # fmt: skip
     assert (tmp_path / "ck/decoder_exp2_epoch1.pt").is_file()
     assert (tmp_path / "ck/renders.png").is_file() and (tmp_path / "ck/curves.png").is_file()
     run(f"fresnel decoder_inference {features}/sample_coffee_dinov2.bin "

@@ -88,7 +88,7 @@ def _shards(args) -> None:
     from fresnel.shards import pack
 
     print(pack(args.images_dir, args.features_dir, args.output_dir, resolution=args.resolution,
-               shard_size=args.shard_size, seed=args.seed))  # fmt: skip
+               shard_size=args.shard_size, seed=args.seed, vlm_dir=args.vlm_dir))  # fmt: skip
 
 
 def _train(args) -> None:
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--shard_size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vlm_dir", default=None,
+                   help="folder of {name}_vlm_density.npy (preprocess --use_vlm writes them "
+                        "beside the features) for --use_vlm_guidance")  # fmt: skip
     p.set_defaults(func=_shards)
 
     p = sub.add_parser("train_gaussian_decoder", help="train the decoder from teacher shards")
@@ -283,10 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's input or setup: their message says what to fix."""
     from fresnel.images import BadImage
+    from fresnel.matte import MatteError
     from fresnel.params import ParamsError
     from fresnel.vlm.client import VLMError
+    from fresnel.vlm.stage import VLMStageError
 
-    return (FileNotFoundError, BadImage, ParamsError, VLMError)
+    return (FileNotFoundError, BadImage, MatteError, ParamsError, VLMError, VLMStageError)
 
 
 def main(argv: list[str] | None = None) -> None:

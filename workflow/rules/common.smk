@@ -23,3 +23,19 @@ def code(script):
 def vlm_density_input(wildcards):
     """The vlm stage's density maps join the shards only when params turn it on."""
     return {"vlm": "data/vlm"} if config["vlm"]["use_vlm"] else {}
+
+
+def pbr_sources(section):
+    """Files behind a `pbr.<section>` value, so editing them reruns the stage: a Python
+    config file (`config: configs/pbr/x.py`) or a local dataset (`source: local:<dir>`)."""
+
+    def inputs(wildcards):
+        cfg = config["pbr"][section]
+        value = str(cfg.get("config", cfg.get("source", "")))
+        if value.endswith(".py"):
+            return {"config_file": value}
+        if value.startswith("local:"):
+            return {"local_dataset": value.removeprefix("local:")}
+        return {}
+
+    return inputs

@@ -1,5 +1,7 @@
 # NeuroPBR (guide 002): PBR materials -> multi-view teacher -> fp16 teacher shards ->
 # distilled student -> Core ML .mlpackage and ONNX, plus an evaluation of both models.
+# Later stages use each run's final weights (latest*.pth), never the checkpoint with the
+# best validation loss: the held-out materials are monitored, not used to choose.
 
 DVC_PRESENTATION.update(
     {
@@ -12,6 +14,7 @@ DVC_PRESENTATION.update(
 
 rule pbr_dataset:
     input:
+        unpack(pbr_sources("dataset")),
         code=code("pbr_dataset.py"),
     output:
         directory("data/pbr"),
@@ -25,6 +28,7 @@ rule pbr_dataset:
 
 rule pbr_teacher:
     input:
+        unpack(pbr_sources("teacher")),
         data="data/pbr",
         code=code("pbr_teacher.py"),
     output:
@@ -63,6 +67,7 @@ rule pbr_teacher_shards:
 
 rule pbr_student:
     input:
+        unpack(pbr_sources("student")),
         data="data/pbr",
         shards="data/pbr_shards",
         code=code("pbr_student.py"),

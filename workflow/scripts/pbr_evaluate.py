@@ -7,7 +7,7 @@ from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:
     rec.stats = evaluate_models(
-        snakemake.input.data, Path(snakemake.input.teacher) / "best_model.pth",
-        Path(snakemake.input.student) / "best_student.pth", snakemake.output[0],
+        snakemake.input.data, Path(snakemake.input.teacher) / "latest.pth",
+        Path(snakemake.input.student) / "latest_student.pth", snakemake.output[0],
         snakemake.params.cfg["heldout_lights"], device=rec.device,
     )  # fmt: skip

@@ -8,6 +8,6 @@ from fresnel.pipeline.adapter import stage
 with stage(snakemake) as rec:
     cfg = snakemake.params.cfg
     rec.stats = export_onnx(
-        Path(snakemake.input.student) / "best_student.pth", snakemake.output[0],
+        Path(snakemake.input.student) / "latest_student.pth", snakemake.output[0],
         opset=cfg["opset"], atol=cfg["atol"],
     )  # fmt: skip

@@ -10,7 +10,7 @@ with stage(snakemake) as rec:
     cfg = snakemake.params.cfg
     input_dir, output_dir = dataset_dirs(snakemake.input.data)
     rec.stats = teacher_infer(
-        Path(snakemake.input.teacher) / "best_model.pth", input_dir, output_dir,
+        Path(snakemake.input.teacher) / "latest.pth", input_dir, output_dir,
         snakemake.output[0], shard_output_size=cfg["shard_output_size"],
         shard_size=cfg["shard_size"], batch_size=cfg["batch_size"], device=rec.device,
     )  # fmt: skip

@@ -71,7 +71,7 @@ def _coreml(args) -> None:
 def _onnx(args) -> None:
     from fresnel.pbr.onnx_export import export_onnx
 
-    _print(export_onnx(args.checkpoint, args.output, opset=args.opset,
+    _print(export_onnx(args.checkpoint, args.output, opset=args.opset, atol=args.atol,
                        input_size=args.test_resolution, use_sr=not args.no_sr))  # fmt: skip
 
 
@@ -168,6 +168,7 @@ def add_commands(sub) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--test-resolution", type=int, default=None, help="input side")
     p.add_argument("--no-sr", action="store_true", help="bypass the SR head")
+    p.add_argument("--atol", type=float, default=0.001, help="max |ONNX Runtime - torch|")
     p.set_defaults(func=_onnx)
 
     p = sub.add_parser("run_inference", help="NeuroPBR: four maps from a checkpoint")

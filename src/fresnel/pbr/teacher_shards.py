@@ -174,7 +174,7 @@ def teacher_infer(
         raise ValueError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be >= 1")
     input_dir, output_dir = dataset_dirs(data_root, input_dir, output_dir)
     target = devices.resolve(device)
-    model, cfg = load_generator(checkpoint, device=target.device)
+    model, cfg = load_generator(checkpoint, device=target.torch_device())
     curriculum = teacher_curriculum(cfg, render_curriculum)
     mean, std = tuple(cfg.transform.mean), tuple(cfg.transform.std)
     dataset = PBRDataset(

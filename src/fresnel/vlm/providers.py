@@ -12,7 +12,8 @@
 
 ``VLMAnswer`` holds every raw answer text and the parsed result; it round-trips through
 JSON (``to_json`` / ``from_json``) for the stage's cache. ``cache_key`` hashes the image
-content sha256, every prompt text the mode may ask, the model, the grid size and smart.
+content sha256, every prompt text the mode may ask, the model, temperature, max tokens, the
+grid size and smart.
 
 ``OfflineProvider`` wraps ``offline.offline_density``; it needs no cache.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io as pyio
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,8 @@ from fresnel.vlm import grid as prompts
 from fresnel.vlm.client import ClientConfig, VLMClient, sniff_mime
 from fresnel.vlm.density import DensityResult, grid_density, landmark_density
 from fresnel.vlm.offline import offline_density
+
+log = logging.getLogger(__name__)
 
 PROVIDERS = ("vlm", "offline")
 
@@ -131,6 +135,8 @@ class VLMProvider:
             "image_sha256": image_sha256,
             "prompts": self.prompt_texts(),
             "model": self.client.config.model,
+            "temperature": self.client.config.temperature,
+            "max_tokens": self.client.config.max_tokens,
             "grid_size": self.grid_size,
             "smart": self.smart,
         }
@@ -145,6 +151,7 @@ class VLMProvider:
     def _ask(self, answer: VLMAnswer, question: str, prompt: str, image: bytes) -> str:
         text = self.client.chat(prompt, image)
         answer.exchanges.append({"question": question, "prompt": prompt, "answer": text})
+        log.debug("%s prompt:\n%s\nanswer:\n%s", question, prompt, text)
         return text
 
     def ask(self, image: bytes) -> VLMAnswer:
