@@ -363,10 +363,8 @@ class EvaluationSetError(ValueError):
     """No material is held out from both models."""
 
 
-def held_out_samples(teacher_ckpt, student_ckpt) -> list[str]:
+def held_out_samples(teacher_split: dict, student_split: dict, teacher_ckpt, student_ckpt):
     """Samples of the materials that neither the teacher nor the student trained on."""
-    teacher_split = read_checkpoint(teacher_ckpt)["split"]
-    student_split = read_student_checkpoint(student_ckpt)["split"]
     seen = set(teacher_split["train"]) | set(student_split["train"])
     held_out = sorted(set(teacher_split["val"]) - seen)
     if not held_out:
@@ -402,8 +400,10 @@ def evaluate_models(data_root, teacher_ckpt, student_ckpt, out_dir, heldout_ligh
     """Score teacher, student and mean-map baseline on held-out materials; write the report."""
     teacher, tcfg = load_generator(teacher_ckpt, device)
     student, scfg = load_student(student_ckpt, device)
-    samples = held_out_samples(teacher_ckpt, student_ckpt)
-    train_samples = read_checkpoint(teacher_ckpt)["split"]["train"]
+    teacher_split = read_checkpoint(teacher_ckpt)["split"]
+    student_split = read_student_checkpoint(student_ckpt)["split"]
+    samples = held_out_samples(teacher_split, student_split, teacher_ckpt, student_ckpt)
+    train_samples = teacher_split["train"]
     mean, std, curriculum = tcfg.transform.mean, tcfg.transform.std, tcfg.curriculum
     gt_size = _dataset(data_root, samples, None, None, mean, std, curriculum).target(0).shape[-1]
     lighting = heldout_lighting(0, heldout_lights)
