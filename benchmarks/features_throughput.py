@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from common import save
-from fresnel import backbones, download, features, matte
+from fresnel.data import backbones, download, features, matte
 
 IMAGES = 16
 BATCH_SIZES = (1, 4, 8)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from common import save
-from fresnel import backbones, download, features, matte, shards
+from fresnel.data import backbones, download, features, matte, shards
 from fresnel.decoder import gaussians
 from fresnel.decoder.config import TrainConfig
 from fresnel.decoder.export import load_checkpoint

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fresnel import backbones, io
+from fresnel import io
+from fresnel.data import backbones
 
 _EXPORTED: dict = {}
 

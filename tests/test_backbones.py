@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from backbone_fixture import tiny_backbones
-from fresnel import backbones, io
+from fresnel import io
+from fresnel.data import backbones
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fresnel import io, shards
+from fresnel import io
+from fresnel.data import shards
 from fresnel.decoder import export, hfts, losses
 from fresnel.decoder.config import TrainConfig
 from fresnel.decoder.evaluate import bicubic_baseline, evaluate

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fresnel import download, io
-from fresnel.download import DownloadError, run
+from fresnel import io
+from fresnel.data import download
+from fresnel.data.download import DownloadError, run
 
 COLUMNS = ["id", "file", "source", "origin", "sha256", "width", "height", "licence"]
 

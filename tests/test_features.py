@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from backbone_fixture import read_outputs, tiny_backbones, write_images
-from fresnel import features
+from fresnel.data import features
 
 DEPTH = 64
 SRC = str(Path(features.__file__).resolve().parents[1])
@@ -119,7 +119,7 @@ def test_missing_and_corrupt_images_are_named(models, tmp_path, monkeypatch):
 _CHILD = """
 import sys, time
 sys.path.insert(0, {src!r})
-from fresnel import features
+from fresnel.data import features
 store = features._store
 def slow_store(*args):  # widen the window between batches so the kill lands mid-run
     store(*args)

@@ -1,4 +1,4 @@
-"""fresnel.matte: the crop geometry (known answers) and rembg's real code path, offline.
+"""fresnel.data.matte: the crop geometry (known answers) and rembg's real code path, offline.
 
 rembg runs a tiny ONNX stand-in for u2net (tests/rembg_fixture.py: bright = foreground).
 """
@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fresnel import io, matte
+from fresnel import io
+from fresnel.data import matte
 from fresnel.images import save_png
 from rembg_fixture import write_model
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fresnel import io, shards
+from fresnel import io
+from fresnel.data import shards
 
 IDS = [f"img_{i}" for i in range(5)]
 

@@ -24,7 +24,7 @@ def _params(args) -> dict:
 
 
 def _download(args) -> None:
-    from fresnel import download
+    from fresnel.data import download
 
     cfg = _params(args)["download"]
     stats = download.run(
@@ -36,7 +36,7 @@ def _download(args) -> None:
 
 def _preprocess(args) -> None:
     """The guide's preprocess_training_data: matte (optional background removal) + features."""
-    from fresnel import download, features, matte
+    from fresnel.data import download, features, matte
 
     cfg = _params(args)
     data_dir = Path(args.data_dir)
@@ -76,7 +76,7 @@ def _preprocess_vlm(args, cfg: dict, work: Path, output_dir: Path) -> dict:
 
 def _export(kind: str):
     def run(args) -> None:
-        from fresnel import backbones
+        from fresnel.data import backbones
 
         exporter = backbones.export_dinov2 if kind == "dinov2" else backbones.export_depth
         print(exporter(args.source, args.output, opset=args.opset, seed=args.seed))
@@ -85,7 +85,7 @@ def _export(kind: str):
 
 
 def _shards(args) -> None:
-    from fresnel.shards import pack
+    from fresnel.data.shards import pack
 
     print(pack(args.images_dir, args.features_dir, args.output_dir, resolution=args.resolution,
                shard_size=args.shard_size, seed=args.seed, vlm_dir=args.vlm_dir))  # fmt: skip
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's input or setup: their message says what to fix."""
     from fresnel.images import BadImage
-    from fresnel.matte import MatteError
+    from fresnel.data.matte import MatteError
     from fresnel.params import ParamsError
     from fresnel.vlm.client import VLMError
     from fresnel.vlm.stage import VLMStageError

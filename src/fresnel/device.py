@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 TARGETS = ("cpu", "cuda", "rocm", "mps")
+AUTO = "auto"  # the GPU this torch build sees, else the CPU
 TARGET_ENV_VAR = "FRESNEL_TARGET"
 
 # Environment each target needs in every job (the profiles put the same values in job_env).
@@ -66,8 +67,12 @@ def resolve(name: str | None = None) -> Target:
     import torch
 
     name = (name or requested_target()).lower()
+    if name == AUTO:
+        return resolve(auto_target())
     if name not in TARGETS:
-        raise TargetUnavailable(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+        raise TargetUnavailable(
+            f"unknown target {name!r}; choose one of {', '.join((*TARGETS, AUTO))}"
+        )
     if name == "cpu":
         return Target("cpu", "cpu", None, False)
     if name in ("cuda", "rocm"):
@@ -93,6 +98,17 @@ def resolve(name: str | None = None) -> Target:
             f"torch {torch.__version__} here has no MPS device; {_install_hint('mps')}"
         )
     return Target("mps", "mps", "float16", False)
+
+
+def auto_target() -> str:
+    """The target `auto` means here: this torch build's GPU when it sees one, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "rocm" if getattr(torch.version, "hip", None) else "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def onnx_providers(name: str, available: list[str]) -> tuple[list[str], str | None]:

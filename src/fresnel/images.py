@@ -17,6 +17,10 @@ from fresnel import io
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "PA"}
 
+# ImageNet normalisation (torchvision's), used by every ImageNet-pretrained backbone.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class BadImage(ValueError):
     """An image that cannot be used; `path` names it and `reason` says why."""

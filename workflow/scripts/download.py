@@ -1,6 +1,6 @@
-"""Rule download: fetch images and write the manifest (logic in fresnel.download)."""
+"""Rule download: fetch images and write the manifest (logic in fresnel.data.download)."""
 
-from fresnel.download import run
+from fresnel.data.download import run
 from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:

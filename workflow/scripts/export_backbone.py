@@ -1,6 +1,6 @@
-"""Rules export_dinov2 / export_depth: backbone to ONNX (logic in fresnel.backbones)."""
+"""Rules export_dinov2 / export_depth: backbone to ONNX (logic in fresnel.data.backbones)."""
 
-from fresnel import backbones
+from fresnel.data import backbones
 from fresnel.pipeline.adapter import stage
 
 EXPORTERS = {"dinov2": backbones.export_dinov2, "depth": backbones.export_depth}

@@ -1,6 +1,6 @@
-"""Rule features: DINOv2 and depth teacher outputs per image (logic in fresnel.features)."""
+"""Rule features: DINOv2 and depth teacher outputs per image (logic in fresnel.data.features)."""
 
-from fresnel.features import run
+from fresnel.data.features import run
 from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:

@@ -1,6 +1,6 @@
-"""Rule matte: background removal and the guide's crop geometry (logic in fresnel.matte)."""
+"""Rule matte: background removal and the guide's crop geometry (logic in fresnel.data.matte)."""
 
-from fresnel.matte import run
+from fresnel.data.matte import run
 from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:

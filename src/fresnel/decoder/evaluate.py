@@ -27,7 +27,7 @@ from fresnel.decoder.losses import LossConfigError, load_lpips, ssim_value
 from fresnel.decoder.train import batches, make_model, psnr, render_batch, split_ids
 from fresnel.io import atomic_path, reset_dir, write_bytes, write_json
 from fresnel.render import TileBasedRenderer
-from fresnel.shards import ShardStream
+from fresnel.data.shards import ShardStream
 
 METHODS = ("decoder", "untrained", "bicubic")
 

@@ -27,7 +27,7 @@ from fresnel.decoder.train import (
 )
 from fresnel.io import DINOV2_SHAPE, atomic_path, read_f32_bin, sha256_file, write_bytes
 from fresnel.render import TileBasedRenderer
-from fresnel.shards import ShardStream
+from fresnel.data.shards import ShardStream
 
 log = logging.getLogger(__name__)
 

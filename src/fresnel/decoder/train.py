@@ -30,7 +30,7 @@ from fresnel.decoder.losses import PhotometricLoss, ssim_value, vlm_weight_map
 from fresnel.decoder.models import build_decoder
 from fresnel.io import atomic_path
 from fresnel.render import Camera, TileBasedRenderer
-from fresnel.shards import ShardStream, read_manifest
+from fresnel.data.shards import ShardStream, read_manifest
 
 log = logging.getLogger(__name__)
 

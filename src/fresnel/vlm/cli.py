@@ -33,7 +33,7 @@ def _provider(args):
 
 def _matted_copy(image: Path, work: Path, params_file) -> Path:
     """--remove_background: the training preprocessing (rembg + centred crop) on one image."""
-    from fresnel import matte
+    from fresnel.data import matte
     from fresnel.cli import params_from
     from fresnel.images import load_rgb, save_png
 
