@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fresnel import io
+from fresnel.images import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ IMAGE_SIZE = 518
 PATCH_SIZE = 14
 GRID = IMAGE_SIZE // PATCH_SIZE  # 37
 DINOV2_DIM = 384
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_ABS_DIFF = 1e-3
 TINY = "tiny-random"
 TINY_NOTE = "tiny-random: random weights from a small config, outputs are not meaningful features"
