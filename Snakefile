@@ -2,13 +2,17 @@
 #   snakemake --profile rocm results/decoder_exp2.onnx
 #   snakemake --profile cpu results/pbr_student.mlpackage
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
-from fresnel.params import validate
+from fresnel.params import parse_command_line_values, read_yaml, validate
 from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc
+
+
+read_yaml("params.yaml")  # a syntax error names its line (Snakemake's own message does not)
 
 
 configfile: "params.yaml"
 
 
+config.update(parse_command_line_values(config))
 validate(config, source="params.yaml (with --config overrides)")
 
 

@@ -5,6 +5,7 @@ Data: the demo's 16 sample images at 128 px, tiny-random backbones (CPU, this ma
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,8 +19,10 @@ from fresnel.decoder import gaussians
 from fresnel.decoder.config import TrainConfig
 from fresnel.decoder.export import load_checkpoint
 from fresnel.decoder.hfts import importance_sample
-from fresnel.decoder.train import camera, train
+from fresnel.decoder.train import camera, checkpoint_names, train
 from fresnel.render import TileBasedRenderer
+from fresnel.training import final_checkpoint
+from fresnel.training.runlog import HISTORY
 
 RESOLUTION, EPOCHS = 128, 8
 
@@ -67,14 +70,15 @@ def main() -> None:
         for name, flags in {"full": {}, "fast_mode": {"fast_mode": True}}.items():
             config = TrainConfig(experiment=2, gaussians_per_patch=4, epochs=EPOCHS, batch_size=2,
                                  lr=0.005, image_size=RESOLUTION, save_interval=0, **flags)  # fmt: skip
-            result = train(config, shard_dir, root / name)
-            history = torch.load(result["checkpoint"], weights_only=True)["history"]
+            train(config, shard_dir, root / name)
+            history = json.loads((root / name / HISTORY).read_text())["epochs"]  # with timings
             seconds = [h["epoch_seconds"] for h in history]
             runs[name] = {"epoch_seconds": [round(s, 2) for s in seconds],
                           "total_train_seconds": round(sum(seconds), 1),
                           "final_val_psnr": round(history[-1]["val_psnr"], 2),
                           "plan": [(h["resolution"], h["k_active"], h["stochastic_k"]) for h in history]}  # fmt: skip
-        bias = stochastic_bias(root / "full" / f"decoder_exp2_epoch{EPOCHS}.pt", shard_dir, 256)
+        final = final_checkpoint(root / "full", checkpoint_names(2))
+        bias = stochastic_bias(final, shard_dir, 256)
     speedup = runs["full"]["total_train_seconds"] / runs["fast_mode"]["total_train_seconds"]
     fast_phase = np.mean(runs["fast_mode"]["epoch_seconds"][: int(EPOCHS * 0.75)])
     full_phase = np.mean(runs["full"]["epoch_seconds"][: int(EPOCHS * 0.75)])

@@ -16,7 +16,8 @@ import os
 import torch
 
 from common import RESULTS, save, timed_interleaved
-from fresnel.render import Camera, TileBasedRenderer, render_dense
+from fresnel.render import Camera, TileBasedRenderer
+from fresnel.render.dense import render_dense
 
 GRID = 37
 PER_PATCH = (1, 4, 16)

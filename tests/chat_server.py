@@ -10,7 +10,8 @@ Scripted behaviours (all optional, combinable):
 * ``fail_first=N`` with ``fail_status`` (500, 429, ...) and ``retry_after`` (header value):
   the first N chat requests get that status;
 * ``close_first=N``: the first N chat requests get their connection closed, no answer;
-* ``models``: ids listed by GET /v1/models.
+* ``models``: ids listed by GET /v1/models;
+* ``drip``: seconds between the answer's body bytes (headers go out at once).
 
 Records (thread-safe): ``requests`` (chat requests), ``model_requests``, ``per_image``
 (Counter keyed by the sha256 of the decoded image bytes), ``headers`` (one dict per chat
@@ -86,6 +87,7 @@ class ChatServer:
         retry_after: str | None = None,
         close_first: int = 0,
         models: tuple[str, ...] = ("test-vlm",),
+        drip: float = 0.0,
     ):
         self.answer = answer or (lambda request: "[[1, 1], [1, 1]]")
         self.delay = delay
@@ -94,6 +96,7 @@ class ChatServer:
         self.retry_after = retry_after
         self.close_first = close_first
         self.models = models
+        self.drip = drip
         self.lock = threading.Lock()
         self.requests = 0
         self.model_requests = 0
@@ -187,7 +190,13 @@ def _make_handler(server: ChatServer):
             for key, value in reply.headers.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            if not server.drip:
+                self.wfile.write(data)
+                return
+            for i in range(len(data)):  # one byte at a time, each well within a read timeout
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(server.drip)
 
         def do_GET(self):
             if self.path.rstrip("/") != "/v1/models":

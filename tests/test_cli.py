@@ -39,7 +39,8 @@ def test_guide_commands_chain_offline(tmp_path):
     run("fresnel train_gaussian_decoder --experiment 2 --data_dir shards --output_dir ck "
         "--epochs 1 --image_size 16 --gaussians_per_patch 1 --val_fraction 0.34 "
         "--use_vlm_guidance --vlm_weight 0.5", tmp_path)  # fmt: skip
-    assert (tmp_path / "ck/decoder_exp2_epoch1.pt").is_file()
+    assert (tmp_path / "ck/decoder_exp2_last.pt").is_file()  # the final weights
+    assert (tmp_path / "ck/decoder_exp2_epoch1.pt").is_file()  # the guide's name, last epoch
     assert (tmp_path / "ck/renders.png").is_file() and (tmp_path / "ck/curves.png").is_file()
     run(f"fresnel decoder_inference {features}/sample_coffee_dinov2.bin "
         f"{features}/sample_coffee_depth.bin out.bin --model ck/gaussian_decoder_exp2.onnx "

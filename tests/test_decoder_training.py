@@ -1,5 +1,8 @@
 """Decoder training, HFTS plan, export gate, inference formats and evaluation."""
 
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,17 +13,19 @@ from fresnel import io
 from fresnel.data import shards
 from fresnel.decoder import export, hfts, losses
 from fresnel.decoder.config import TrainConfig
-from fresnel.decoder.evaluate import bicubic_baseline, evaluate
+from fresnel.decoder.evaluate import bicubic_baseline, evaluate, markdown_table
 from fresnel.decoder.train import (
     Trainer,
-    TrainingDiverged,
-    final_checkpoint,
+    checkpoint_names,
     pixel_weights,
-    psnr,
     render_batch,
     resize_targets,
     train,
 )
+from fresnel.metrics import MetricUnavailable, psnr
+from fresnel.training import TrainingDiverged, final_checkpoint
+
+NAMES = checkpoint_names(2)
 
 
 def make_shards(root, count=3, resolution=32, seed=0, vlm=False):
@@ -102,7 +107,7 @@ def test_vlm_weight_zero_trains_exactly_like_no_guidance(tmp_path):
 
 
 def test_lpips_without_backbone_is_a_clear_error(tmp_path):
-    with pytest.raises(losses.LossConfigError, match=r"decoder\.lpips_backbone"):
+    with pytest.raises(MetricUnavailable, match=r"decoder\.train\.lpips_backbone"):
         losses.PhotometricLoss(lpips=0.1, lpips_file=str(tmp_path / "missing.pth"))
 
 
@@ -123,39 +128,98 @@ def test_overfitting_one_image_gains_10_db(tmp_path):
     assert current_psnr() - before >= 10
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+def test_two_identical_runs_write_identical_checkpoint_bytes(tmp_path):
+    """No wall-clock value (epoch_seconds) reaches a checkpoint; history.json keeps it."""
     shard_dir = make_shards(tmp_path)
-    straight = train(small_config(epochs=2), shard_dir, tmp_path / "a")
-    train(small_config(epochs=1), shard_dir, tmp_path / "b")
-    resumed = train(small_config(epochs=2), shard_dir, tmp_path / "b",
-                    resume=tmp_path / "b/decoder_exp2_epoch1.pt")  # fmt: skip
-    a = torch.load(straight["checkpoint"], weights_only=True)["model"]
-    b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for run in ("a", "b"):
+        train(small_config(epochs=2, save_interval=0), shard_dir, tmp_path / run)
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.pt"))
+    assert files == sorted(p.name for p in (tmp_path / "b").glob("*.pt"))
+    assert {NAMES.last, NAMES.epoch(2)} <= set(files) and NAMES.epoch(1) not in files
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    history = json.loads((tmp_path / "a/history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2] and history[0]["epoch_seconds"] > 0
+    last = torch.load(tmp_path / "a" / NAMES.last, weights_only=True)
+    assert last["epoch"] == 2 and "epoch_seconds" not in last["history"][0]
 
 
-def test_nan_guard_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
+class Killed(Exception):
+    """Stands for the process being killed after some epochs."""
+
+
+def test_resume_from_last_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     shard_dir = make_shards(tmp_path)
+    config = small_config(epochs=3, save_interval=2)
+    straight = train(config, shard_dir, tmp_path / "a")
+    assert straight["checkpoint"] == str(tmp_path / "a" / NAMES.last)
+
+    run_epoch = Trainer.run_epoch
+
+    def killed_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise Killed
+        return run_epoch(self, epoch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "run_epoch", killed_in_epoch_2)
+        with pytest.raises(Killed):
+            train(config, shard_dir, tmp_path / "b")
+    assert torch.load(tmp_path / "b" / NAMES.last, weights_only=True)["epoch"] == 1
+    train(config, shard_dir, tmp_path / "b", resume=tmp_path / "b" / NAMES.last)
+    for name in (NAMES.last, NAMES.epoch(2), NAMES.epoch(3)):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    history = json.loads((tmp_path / "b/history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_resume_refuses_another_experiment(tmp_path):
+    shard_dir = make_shards(tmp_path)
+    train(small_config(epochs=1), shard_dir, tmp_path / "run")
+    with pytest.raises(ValueError, match="decoder experiment 2, not 1"):
+        train(small_config(experiment=1, epochs=2), shard_dir, tmp_path / "other",
+              resume=tmp_path / "run" / NAMES.last)  # fmt: skip
+
+
+def poison_predictions(monkeypatch, after_calls: int) -> None:
+    """Training predictions become NaN after `after_calls` calls of Trainer.predict."""
     calls = {"n": 0}
     original = Trainer.predict
 
     def poisoned(self, batch, k_active=None):
         calls["n"] += 1
         out = original(self, batch, k_active)
-        return out * float("nan") if calls["n"] > 2 and self.model.training else out
+        return out * float("nan") if calls["n"] > after_calls and self.model.training else out
 
     monkeypatch.setattr(Trainer, "predict", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"last good weights \(after epoch 1\)"):
+
+
+def test_nan_guard_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    shard_dir = make_shards(tmp_path)
+    poison_predictions(monkeypatch, after_calls=2)  # epoch 1: one training and one held-out call
+    last = tmp_path / "run" / NAMES.last
+    expected = rf"epoch 2: .*last good weights \(after epoch 1\) are in {re.escape(str(last))};"
+    with pytest.raises(TrainingDiverged, match=expected):
         train(small_config(epochs=3), shard_dir, tmp_path / "run")
-    good = torch.load(tmp_path / "run/decoder_exp2_last_good.pt", weights_only=True)
+    good = torch.load(last, weights_only=True)
     assert good["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in good["model"].values())
+    assert not list((tmp_path / "run").glob("*last_good*"))
+
+
+def test_nan_guard_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path, monkeypatch):
+    shard_dir = make_shards(tmp_path)
+    poison_predictions(monkeypatch, after_calls=0)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: .*no last good checkpoint yet"):
+        train(small_config(epochs=2), shard_dir, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*.pt"))
 
 
 def test_export_gate_inference_ply_and_evaluation(tmp_path):
     shard_dir = make_shards(tmp_path)
     result = train(small_config(epochs=1), shard_dir, tmp_path / "run")
-    checkpoint = final_checkpoint(tmp_path / "run")
+    checkpoint = final_checkpoint(tmp_path / "run", NAMES)
+    assert checkpoint == tmp_path / "run" / NAMES.last
     features, depth = export.held_out_inputs(checkpoint, shard_dir)
     info = export.export_onnx(checkpoint, tmp_path / "d.onnx", features, depth)
     assert info["max_abs_diff"] <= 1e-4 and info["render_psnr_db"] >= 50
@@ -180,12 +244,38 @@ def test_export_gate_inference_ply_and_evaluation(tmp_path):
     summary = evaluate(tmp_path / "d.onnx", checkpoint, shard_dir, tmp_path / "eval")
     assert set(summary["metrics"]) >= {"decoder/psnr", "untrained/psnr", "bicubic/psnr"}
     assert summary["lpips"].startswith("unavailable:")
-    per_image = pd.read_csv(tmp_path / "eval/per_image.csv")
-    assert set(per_image["method"]) == {"decoder", "untrained", "bicubic"}
-    assert (tmp_path / "eval/held_out.png").is_file() and (tmp_path / "eval/table.md").is_file()
+    per_item = pd.read_csv(tmp_path / "eval/per_item.csv")
+    assert list(per_item.columns) == ["id", "method", "psnr", "ssim", "lpips"]
+    assert set(per_item["method"]) == {"decoder", "untrained", "bicubic"}
+    assert json.loads((tmp_path / "eval/summary.json").read_text()) == summary
+    assert (tmp_path / "eval/table.md").read_text() == markdown_table(summary)
+    assert (tmp_path / "eval/held_out.png").is_file() and (tmp_path / "eval/psnr.png").is_file()
+
+
+def test_evaluation_table_text():
+    """The held-out table keeps its layout: note line, header, two-decimal PSNR, four-decimal
+    SSIM, one row per method in a fixed order."""
+    stats = {"psnr": {"mean": 21.456, "median": 21.0, "p10": 19.994, "n": 4},
+             "ssim": {"mean": 0.81234, "median": 0.8, "p10": 0.70005, "n": 4}}  # fmt: skip
+    summary = {"held_out": 4, "image_size": 64, "gaussians": 5476, "lpips": "unavailable: x",
+               "metrics": {f"{m}/{k}": v for m in ("bicubic", "untrained", "decoder")
+                           for k, v in stats.items()}}  # fmt: skip
+    row = "| 21.46 | 21.00 | 19.99 | 0.8123 | 0.8000 | 0.7000 |"
+    assert markdown_table(summary) == (
+        "Held-out images: 4 at 64px; 5476 Gaussians; LPIPS: unavailable: x\n\n"
+        "| method | PSNR mean | PSNR median | PSNR p10 | SSIM mean | SSIM median | SSIM p10 |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| decoder {row}\n| untrained {row}\n| bicubic {row}\n"
+    )
 
 
 def test_bicubic_baseline_is_lossless_with_enough_samples():
     image = torch.rand(1, 3, 16, 16)
     assert torch.allclose(bicubic_baseline(image, 16 * 16), image, atol=1e-5)
     assert not torch.allclose(bicubic_baseline(image, 4 * 4), image, atol=1e-2)
+
+
+def test_config_from_dict_names_unknown_options():
+    assert TrainConfig.from_dict({"epochs": "3", "lr": 1}) == TrainConfig(epochs=3, lr=1.0)
+    with pytest.raises(ValueError, match=r"unknown option 'bogus'.*known: .*batch_size"):
+        TrainConfig.from_dict({"epochs": 3, "bogus": 1})

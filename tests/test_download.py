@@ -13,6 +13,7 @@ from PIL import Image
 from fresnel import io
 from fresnel.data import download
 from fresnel.data.download import DownloadError, run
+from fresnel.images import BadImage, load_rgb
 
 COLUMNS = ["id", "file", "source", "origin", "sha256", "width", "height", "licence"]
 
@@ -60,7 +61,13 @@ def test_sample_is_complete_and_deterministic(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "SAMPLE_PHOTOS", download.SAMPLE_PHOTOS[:3])
     a, b = tmp_path / "a", tmp_path / "b"
 
-    assert _run("sample", a, count=5) == {"accepted": 5, "rejected": 0, "from_cache": 0}
+    assert _run("sample", a, count=5) == {
+        "accepted": 5,
+        "rejected": 0,
+        "from_cache": 0,
+        "duplicates": 0,
+        "not_images": 0,
+    }
     _run("sample", b, count=5)
 
     manifest = _manifest(a)
@@ -123,7 +130,8 @@ def test_local_accepts_good_images_and_reports_bad_ones(tmp_path, mixed_folder, 
 
     stats = _run(f"local:{mixed_folder}", out, count=100)
 
-    assert stats == {"accepted": 3, "rejected": 2, "from_cache": 0}
+    assert stats == {"accepted": 3, "rejected": 2, "from_cache": 0, "duplicates": 0,
+                     "not_images": 1}  # fmt: skip
     manifest = _manifest(out)
     _check_manifest(out, manifest)
     rows = manifest.set_index("id")
@@ -132,9 +140,10 @@ def test_local_accepts_good_images_and_reports_bad_ones(tmp_path, mixed_folder, 
     assert set(rows["source"]) == {"local"} and set(rows["licence"]) == {""}
     assert (rows.loc["sub_rot_1", "width"], rows.loc["sub_rot_1", "height"]) == (50, 100)
     rejected = _rejected(out)
-    assert [r["item"] for r in rejected] == ["small.png", "sub/trunc.jpg"]
-    assert "too small: 20x20" in rejected[0]["reason"]
-    assert "truncated" in rejected[1]["reason"]
+    assert [r["item"] for r in rejected] == ["notes.txt", "small.png", "sub/trunc.jpg"]
+    assert rejected[0]["ignored"] and "not an image file type" in rejected[0]["reason"]
+    assert "too small: 20x20" in rejected[1]["reason"]
+    assert "truncated" in rejected[2]["reason"]
     assert "small.png" in caplog.text and "sub/trunc.jpg" in caplog.text
 
 
@@ -145,8 +154,52 @@ def test_local_fail_mode_lists_every_bad_item_after_processing_all(tmp_path, mix
         _run(f"local:{mixed_folder}", out, count=100, on_bad_image="fail")
 
     assert "small.png" in str(info.value) and "sub/trunc.jpg" in str(info.value)
-    assert len(_rejected(out)) == 2
+    assert "notes.txt" not in str(info.value)  # not an image: listed, never a failure
+    assert len(_rejected(out)) == 3
     assert len(_manifest(out)) == 3
+
+
+def test_every_file_of_a_local_folder_is_accepted_or_listed_with_its_reason(tmp_path):
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    _photo(folder / "a.png", colour=(10, 20, 30))
+    (folder / "a copy.png").write_bytes((folder / "a.png").read_bytes())
+    _photo(folder / "a.bmp", colour=(10, 20, 30), format="BMP")  # same pixels, other codec
+    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    _photo(folder / "still.gif", colour=(90, 90, 200), format="GIF")
+    (folder / "phone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    _photo(elsewhere / "linked.png", colour=(5, 200, 5))
+    (folder / "more").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+
+    stats = _run(f"local:{folder}", tmp_path / "out", count=100)
+
+    assert sorted(_manifest(tmp_path / "out")["origin"]) == ["a copy.png", "more/linked.png",
+                                                            "still.gif"]  # fmt: skip
+    reasons = {r["item"]: r["reason"] for r in _rejected(tmp_path / "out")}
+    assert reasons["a.bmp"] == "duplicate of a copy.png (identical pixels)"
+    assert reasons["a.png"] == "duplicate of a copy.png (identical pixels)"
+    assert reasons["anim.gif"].startswith("animated GIF (2 frames)")
+    assert reasons["phone.HEIC"] == "HEIC is not supported: convert it to PNG or JPEG"
+    assert reasons["gone.jpg"].startswith("broken symbolic link")
+    assert len(reasons) == 5 and stats["duplicates"] == 2 and stats["rejected"] == 3
+
+
+def test_an_unreadable_file_is_reported_as_permission_denied(tmp_path, monkeypatch):
+    _photo(tmp_path / "locked.png")
+    real_open = Image.open
+
+    def no_permission(path, *args, **kwargs):  # root reads every file, so simulate chmod 000
+        if str(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", no_permission)
+    with pytest.raises(BadImage, match="permission denied: this user cannot read the file"):
+        load_rgb(tmp_path / "locked.png")
 
 
 def test_local_count_caps_in_sorted_order(tmp_path, mixed_folder):
@@ -187,6 +240,8 @@ def test_hub_source_fetches_caches_and_resumes(tmp_path, hub_folder):
         "accepted": 3,
         "rejected": 0,
         "from_cache": 0,
+        "duplicates": 0,
+        "not_images": 0,
     }
     manifest = _manifest(first)
     _check_manifest(first, manifest)
@@ -198,7 +253,13 @@ def test_hub_source_fetches_caches_and_resumes(tmp_path, hub_folder):
         assert np.asarray(Image.open(first / name))[0, 0].tolist() == [40 * i] * 3
 
     stats = _run("ffhq", second, count=7, datasets=hub_folder)
-    assert stats == {"accepted": 5, "rejected": 1, "from_cache": 3}
+    assert stats == {
+        "accepted": 5,
+        "rejected": 1,
+        "from_cache": 3,
+        "duplicates": 0,
+        "not_images": 0,
+    }
     assert _rejected(second)[0]["item"] == f"{hub_id}:train:5"
     _check_manifest(second, _manifest(second))
     pd.testing.assert_frame_equal(_manifest(second).iloc[:3], manifest)
@@ -206,7 +267,13 @@ def test_hub_source_fetches_caches_and_resumes(tmp_path, hub_folder):
     # everything cached: the dataset itself is no longer needed
     (tmp_path / "hub" / "train" / "img_0.png").unlink()
     stats = _run("ffhq", third, count=5, datasets=hub_folder)
-    assert stats == {"accepted": 5, "rejected": 0, "from_cache": 5}
+    assert stats == {
+        "accepted": 5,
+        "rejected": 0,
+        "from_cache": 5,
+        "duplicates": 0,
+        "not_images": 0,
+    }
     pd.testing.assert_frame_equal(_manifest(third), _manifest(second))
 
 

@@ -55,7 +55,30 @@ def test_every_problem_is_reported_at_once():
 
 def test_vlm_guidance_without_the_vlm_stage_is_an_error():
     cfg = demo_params()
-    cfg["decoder"]["use_vlm_guidance"] = True
+    cfg["decoder"]["train"]["use_vlm_guidance"] = True
     cfg["vlm"]["use_vlm"] = False
-    with pytest.raises(params.ParamsError, match=r"decoder\.use_vlm_guidance: needs vlm\.use_vlm"):
+    with pytest.raises(
+        params.ParamsError, match=r"decoder\.train\.use_vlm_guidance: needs vlm\.use_vlm"
+    ):
         params.validate(cfg)
+
+
+def test_credentials_in_the_vlm_url_are_refused_without_echoing_them():
+    cfg = demo_params()
+    cfg["vlm"]["vlm_url"] = "http://user:s3cret-token@vlm.local:1234/v1/chat/completions"
+    with pytest.raises(params.ParamsError, match=r"vlm\.vlm_url: holds credentials") as err:
+        params.validate(cfg)
+    assert "s3cret-token" not in str(err.value)
+
+
+def test_nested_command_line_values_get_their_schema_types():
+    cfg = demo_params()
+    cfg["decoder"]["train"].update(epochs="5", lr="3e-4", use_amp="false", max_images="null")
+    cfg["download"]["source"] = "sample"
+    fixed = params.parse_command_line_values(cfg)
+    train = fixed["decoder"]["train"]
+    assert (train["epochs"], train["lr"], train["use_amp"]) == (5, 3e-4, False)
+    assert train["max_images"] is None and fixed["download"]["source"] == "sample"
+    cfg["decoder"]["train"]["epochs"] = "five"  # no YAML value fits: validate names it
+    with pytest.raises(params.ParamsError, match=r"decoder\.train\.epochs: 'five' is not of type"):
+        params.validate(params.parse_command_line_values(cfg))

@@ -1,5 +1,6 @@
-"""Student distillation (fresnel.pbr.distill): the loss's known answers, the shard-backed
-dataset, and a tiny student that moves toward a fixed random teacher."""
+"""Student distillation (fresnel.pbr.distill, distill_loss, student_data): the loss's known
+answers, the shard-backed dataset, a tiny student that moves toward a fixed random teacher,
+exact resume and byte-identical checkpoints of identical runs."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import shutil
 import pytest
 import torch
 
-from fresnel.pbr import distill
-from fresnel.pbr.maps import CHANNELS, MAPS, normalize_normals
-from fresnel.pbr.student import get_student_config, load_student
+from fresnel.pbr import distill, distill_loss, student_data
+from fresnel.pbr.maps import MAP_CHANNELS, MAPS, normalize_normals
+from fresnel.pbr.student import load_student
+from fresnel.pbr.student_config import get_student_config
 from fresnel.pbr.teacher_shards import TeacherShardError, teacher_infer
 from test_pbr_shards import N_MATERIALS, make_data, make_teacher_checkpoint
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def random_maps(seed: int, batch: int = 2, size: int = 16) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    maps = {m: torch.rand(batch, CHANNELS[m], size, size, generator=g) for m in MAPS}
+    maps = {m: torch.rand(batch, MAP_CHANNELS[m], size, size, generator=g) for m in MAPS}
     maps["normal"] = normalize_normals(torch.randn(batch, 3, size, size, generator=g))
     return maps
 
@@ -29,16 +31,18 @@ def random_maps(seed: int, batch: int = 2, size: int = 16) -> dict[str, torch.Te
 def test_temperature_one_is_identity_and_higher_softens_towards_half():
     maps = random_maps(0)
     maps["roughness"][0, 0, 0, :2] = torch.tensor([0.0, 1.0])  # saturated ends
-    same = distill.soften(maps, 1.0)
+    same = distill_loss.soften(maps, 1.0)
     for m in MAPS:
         torch.testing.assert_close(same[m], maps[m], rtol=0, atol=2e-6)
-    soft = distill.soften(maps, 3.0)
-    for m in distill.SCALAR_MAPS:
+    soft = distill_loss.soften(maps, 3.0)
+    for m in distill_loss.SCALAR_MAPS:
         assert ((soft[m] - 0.5).abs() <= (maps[m] - 0.5).abs() + 1e-6).all()
         order = maps[m].flatten().argsort()
         assert (soft[m].flatten()[order].diff() >= 0).all()  # monotone: ranking is kept
     # known value: logit(0.9) / 2 -> sigmoid = 3 / (3 + 1) = 0.75
-    value = distill.soften({**maps, "metallic": torch.full((1, 1, 1, 1), 0.9)}, 2.0)["metallic"]
+    value = distill_loss.soften({**maps, "metallic": torch.full((1, 1, 1, 1), 0.9)}, 2.0)[
+        "metallic"
+    ]
     torch.testing.assert_close(value, torch.full((1, 1, 1, 1), 0.75))
     assert soft["normal"] is maps["normal"]
 
@@ -46,10 +50,10 @@ def test_temperature_one_is_identity_and_higher_softens_towards_half():
 def test_reconstruction_loss_known_answers():
     ref = random_maps(1)
     weights = {m: 1.0 for m in MAPS} | {"albedo": 2.0}
-    total, parts = distill.reconstruction_loss(ref, ref, 1.0, 0.3, 0.5, weights)
+    total, parts = distill_loss.reconstruction_loss(ref, ref, 1.0, 0.3, 0.5, weights)
     assert float(total) == pytest.approx(0.0, abs=1e-6)
     shifted = {**ref, "albedo": ref["albedo"] * 0.5 + 0.25, "normal": -ref["normal"]}
-    _, parts = distill.reconstruction_loss(shifted, ref, 1.0, 0.0, 1.0, weights)
+    _, parts = distill_loss.reconstruction_loss(shifted, ref, 1.0, 0.0, 1.0, weights)
     albedo_l1 = float((shifted["albedo"] - ref["albedo"]).abs().mean())
     normal_l1 = 2.0 * float(ref["normal"].abs().mean())  # |-n - n| = 2|n| per component
     assert parts["l1"] == pytest.approx(2.0 * albedo_l1 + normal_l1, rel=1e-5)
@@ -59,20 +63,20 @@ def test_reconstruction_loss_known_answers():
 def test_alpha_mixes_teacher_and_ground_truth_terms():
     pred, teacher, target = random_maps(2), random_maps(3), random_maps(4)
     w = (1.0, 0.3, 0.5)
-    soft, _ = distill.reconstruction_loss(pred, teacher, *w, {m: 1.0 for m in MAPS})
-    hard, _ = distill.reconstruction_loss(pred, target, *w, {m: 1.0 for m in MAPS})
-    total, parts = distill.DistillationLoss(0.25, 1.0, *w)(pred, teacher, target)
+    soft, _ = distill_loss.reconstruction_loss(pred, teacher, *w, {m: 1.0 for m in MAPS})
+    hard, _ = distill_loss.reconstruction_loss(pred, target, *w, {m: 1.0 for m in MAPS})
+    total, parts = distill_loss.DistillationLoss(0.25, 1.0, *w)(pred, teacher, target)
     assert float(total) == pytest.approx(0.25 * float(soft) + 0.75 * float(hard), rel=1e-5)
     assert parts["teacher_loss"] == pytest.approx(float(soft), rel=1e-5)
 
 
 def test_temperature_keeps_the_optimum_at_the_teacher():
     teacher, target = random_maps(9), random_maps(10)
-    loss_fn = distill.DistillationLoss(1.0, temperature=3.0)
+    loss_fn = distill_loss.DistillationLoss(1.0, temperature=3.0)
     at_teacher, _ = loss_fn(teacher, teacher, target)
     assert float(at_teacher) == pytest.approx(0.0, abs=1e-5)  # both sides are softened
     # a student that outputs the flattened teacher is not at the optimum
-    assert float(loss_fn(distill.soften(teacher, 3.0), teacher, target)[0]) > 1e-3
+    assert float(loss_fn(distill_loss.soften(teacher, 3.0), teacher, target)[0]) > 1e-3
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
@@ -81,7 +85,7 @@ def test_alpha_zero_ignores_the_teacher(alpha):
     for m in MAPS:
         pred[m].requires_grad_(True)
     teacher = {m: v.clone().requires_grad_(True) for m, v in random_maps(7).items()}
-    loss_fn = distill.DistillationLoss(alpha, temperature=2.0)
+    loss_fn = distill_loss.DistillationLoss(alpha, temperature=2.0)
     total, _ = loss_fn(pred, teacher, target)
     total.backward()
     other_teacher = random_maps(8)
@@ -123,19 +127,19 @@ def tiny_cfg(**training):
 
 def test_dataset_reads_shards_and_pngs_at_the_configured_sizes(shards):
     shards_dir, data = shards
-    ds = distill.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 64)
+    ds = student_data.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 64)
     assert len(ds) == 2 * N_MATERIALS
     inputs, targets, teacher = ds[5]
     assert inputs.shape == (3, 3, 32, 32) and targets.shape == (8, 64, 64)
     assert teacher.shape == (8, 64, 64) and teacher.dtype == torch.float32
-    half = distill.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 32)
+    half = student_data.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 32)
     _, targets32, teacher32 = half[5]
     assert targets32.shape == teacher32.shape == (8, 32, 32)
     # 64 -> 32 is area resampling: the mean of each 2x2 block (normals renormalised)
     torch.testing.assert_close(
         teacher32[:5], torch.nn.functional.avg_pool2d(teacher[None, :5], 2)[0]
     )
-    one = distill.StudentShardDataset(
+    one = student_data.StudentShardDataset(
         shards_dir, data / "input", data / "output", 32, 64, samples=["sample_0001"]
     )
     assert [(e["sample"], e["source"]) for e in one.entries] == [
@@ -146,8 +150,8 @@ def test_dataset_reads_shards_and_pngs_at_the_configured_sizes(shards):
 
 def test_sampler_reads_each_shard_once_per_epoch(shards):
     shards_dir, data = shards
-    ds = distill.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 64)
-    sampler = distill.ShardGroupedSampler(ds, seed=3)
+    ds = student_data.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 64)
+    sampler = student_data.ShardGroupedSampler(ds, seed=3)
     first = list(sampler)
     assert sorted(first) == list(range(len(ds)))
     runs = [ds.shard_of(i) for i in first]
@@ -167,7 +171,7 @@ def test_changed_renders_are_detected(shards, tmp_path):
     view = copy / "input" / "clean" / "sample_0000" / "0.png"
     shutil.copy(copy / "input" / "clean" / "sample_0001" / "0.png", view)
     with pytest.raises(TeacherShardError, match="rerun teacher_infer"):
-        distill.StudentShardDataset(shards_dir, copy / "input", copy / "output", 32, 64)
+        student_data.StudentShardDataset(shards_dir, copy / "input", copy / "output", 32, 64)
 
 
 def test_student_moves_toward_a_fixed_teacher(shards, tmp_path):
@@ -190,8 +194,8 @@ def test_student_moves_toward_a_fixed_teacher(shards, tmp_path):
     assert list((out / "logs").glob("events.out.tfevents.*"))
     # the saved student reproduces the logged metric, and its SR output is twice its input
     model, loaded_cfg = load_student(out / "latest_student.pth")
-    ds = distill.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 64)
-    loss_fn = distill.DistillationLoss.from_config(loaded_cfg)
+    ds = student_data.StudentShardDataset(shards_dir, data / "input", data / "output", 32, 64)
+    loss_fn = distill_loss.DistillationLoss.from_config(loaded_cfg)
     again = distill.evaluate_student(model, ds, loss_fn, batch_size=3)
     assert again["teacher_l1"] == pytest.approx(after, rel=1e-5)
     with torch.no_grad():
@@ -207,6 +211,10 @@ def test_resume_repeats_an_uninterrupted_run_and_split_is_by_material(
     cfg = tiny_cfg(epochs=2, batch_size=3, val_ratio=0.34, alpha=0.5, seed=1)
     whole = distill.train_student(cfg, *args, tmp_path / "whole")
     assert whole["val_on"] == "val" and whole["val_entries"] == 2
+    distill.train_student(cfg, *args, tmp_path / "again")  # nothing wall-clock is saved
+    for name in ("latest_student.pth", "best_student.pth", "student_epoch_0002.pth"):
+        again = (tmp_path / "again" / name).read_bytes()
+        assert again == (tmp_path / "whole" / name).read_bytes(), name
     assert whole["train_entries"] + whole["val_entries"] == 2 * N_MATERIALS
     trainer = distill.StudentTrainer(cfg, *args, tmp_path / "x")
     train_mats = {e["material"] for e in trainer.train_set.entries}

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fresnel.metrics import PSNR_CAP_DB, psnr, ssim
 from fresnel.pbr import synth
 from fresnel.pbr.data import PBRDataset
 from fresnel.pbr.evaluate import (
-    PSNR_CAP_DB,
     baseline_predictor,
     evaluate_model,
     mae,
@@ -22,10 +22,8 @@ from fresnel.pbr.evaluate import (
     material_targets,
     mean_map_baseline,
     normal_angle_stats,
-    psnr,
     rerender_error,
     rmse,
-    ssim_per_sample,
     write_report,
 )
 from fresnel.pbr.maps import join_maps, normalize_normals, split_maps
@@ -76,9 +74,9 @@ def test_ssim_of_constant_images_has_the_closed_form():
     expected = (2 * a * b + c1) / (a * a + b * b + c1)
     # rel 2e-5: pytorch_msssim builds its window in float32, so the variances of constant
     # images are ~1e-8 instead of 0 (against C2 = 9e-4); dropping C1 would be off by 1.5e-4
-    assert float(ssim_per_sample(x, y)) == pytest.approx(expected, rel=2e-5)
-    assert float(ssim_per_sample(x, x)) == pytest.approx(1.0)
-    assert ssim_per_sample(torch.rand(3, 3, 7, 7), torch.rand(3, 3, 7, 7)).shape == (3,)
+    assert float(ssim(x.double(), y.double(), per_item=True)) == pytest.approx(expected, rel=2e-5)
+    assert float(ssim(x.double(), x.double(), per_item=True)) == pytest.approx(1.0)
+    assert ssim(torch.rand(3, 3, 7, 7), torch.rand(3, 3, 7, 7), per_item=True).shape == (3,)
 
 
 def rotate_x(normal: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -182,7 +180,7 @@ def test_write_report_writes_csv_summary_table_and_chart(small_dataset, tmp_path
     rows, _ = evaluate_model(None, ds, baseline, heldout_lighting(0, 1))
     noisy = [{**r, "albedo_psnr": r["albedo_psnr"] + 3} for r in rows]
     paths = write_report({"teacher": noisy, "student": rows, "mean-map baseline": rows}, tmp_path)
-    with open(paths["per_sample"], newline="") as handle:
+    with open(paths["per_item"], newline="") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 9 and {r["model"] for r in table} == {
         "teacher",

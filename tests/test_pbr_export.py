@@ -12,7 +12,8 @@ import torch
 
 from fresnel.pbr import coreml, onnx_export
 from fresnel.pbr.data import normalize_views
-from fresnel.pbr.student import apply_overrides, build_student, get_student_config, save_student
+from fresnel.pbr.student import build_student, save_student
+from fresnel.pbr.student_config import apply_overrides, get_student_config
 
 IOS17_SPEC_VERSION = 8
 TINY_SIDE = 32  # tiny_student's data.image_size

@@ -14,7 +14,7 @@ from fresnel.io import sha256_file
 from fresnel.pbr import teacher_shards as ts
 from fresnel.pbr.config import get_config
 from fresnel.pbr.data import PBRDataset
-from fresnel.pbr.maps import CHANNELS, MAPS
+from fresnel.pbr.maps import MAP_CHANNELS, MAPS
 from fresnel.pbr.synth import make_dataset
 from fresnel.pbr.teacher import MultiViewPBRGenerator, load_generator
 
@@ -99,7 +99,7 @@ def test_shards_hold_the_teachers_outputs_shrunk_by_area(setup, tmp_path):
     assert [(e["sample"], e["source"]) for e in manifest["entries"]] == list(entries)
     for m in MAPS:
         assert maps[m].dtype == torch.float16
-        assert maps[m].shape == (n, CHANNELS[m], 16, 16)
+        assert maps[m].shape == (n, MAP_CHANNELS[m], 16, 16)
         want = F.avg_pool2d(reference[m], 2)  # area resampling by 2 = mean of 2x2 blocks
         if m == "normal":
             want = want / want.norm(dim=1, keepdim=True)
@@ -142,7 +142,7 @@ def test_enlarging_keeps_unit_normals_and_rerun_replaces_old_shards(setup, tmp_p
 
 
 def test_values_not_finite_in_fp16_name_the_sample():
-    maps = {m: torch.zeros(2, CHANNELS[m], 4, 4) for m in MAPS}
+    maps = {m: torch.zeros(2, MAP_CHANNELS[m], 4, 4) for m in MAPS}
     maps["roughness"][1, 0, 2, 2] = 1e6  # beyond float16's 65504
     with pytest.raises(ts.TeacherShardError, match=r"sample_0001 \(dirty\): teacher roughness"):
         ts.to_fp16(maps, ["sample_0000 (clean)", "sample_0001 (dirty)"])
@@ -170,7 +170,7 @@ def good_shard(n=2, size=4):
     return {
         "indices": torch.arange(n),
         "teacher_outputs": {
-            m: torch.zeros(n, CHANNELS[m], size, size, dtype=torch.float16) for m in MAPS
+            m: torch.zeros(n, MAP_CHANNELS[m], size, size, dtype=torch.float16) for m in MAPS
         },
     }
 

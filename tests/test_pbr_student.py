@@ -11,21 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fresnel.config import ConfigError, load_config_file
 from fresnel.pbr.student import (
-    ARCHS,
-    PRESETS,
     Attention,
     DynamicDepthwise3x3,
     MobileNetV3Encoder,
     PBRStudent,
-    StudentConfig,
-    apply_overrides,
     build_student,
-    get_student_config,
-    load_config_file,
     load_student,
     parameter_counts,
     save_student,
+)
+from fresnel.pbr.student_config import (
+    ARCHS,
+    PRESETS,
+    StudentConfig,
+    apply_overrides,
+    get_student_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +184,7 @@ def test_bad_inputs_are_named():
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_config_files_match_presets(name):
     path = REPO / "configs" / "pbr" / f"{name}.py"
-    assert load_config_file(path).to_dict() == get_student_config(name).to_dict()
+    assert load_config_file(path, StudentConfig).to_dict() == get_student_config(name).to_dict()
     assert get_student_config(str(path)).to_dict() == get_student_config(name).to_dict()
 
 
@@ -200,9 +202,10 @@ def test_config_overrides_roundtrip_and_errors(tmp_path):
     bad["data"]["output_size"] = 1000
     with pytest.raises(ValueError, match="output_size=1000"):
         StudentConfig.from_dict(bad)
-    with pytest.raises(ValueError, match="unknown student config"):
+    with pytest.raises(ConfigError, match="unknown config 'mobilenetv4'"):
         get_student_config("mobilenetv4")
-    with pytest.raises(FileNotFoundError, match=r"configs/pbr/mobilenetv3_512\.py"):
+    assert get_student_config("mobilenetv3_512.py") == get_student_config("mobilenetv3_512")
+    with pytest.raises(ConfigError, match=r"configs/pbr/mobilenetv3_512\.py"):
         get_student_config(tmp_path / "configs" / "mobilenetv3_512.py")  # the guide's path
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config():\n    return {}\n")

@@ -29,6 +29,7 @@ from fresnel.pbr.discriminator import (
 from fresnel.pbr.losses import HybridLoss, mean_normal_angle_deg, normal_angles_deg
 from fresnel.pbr.maps import MAPS, join_maps
 from fresnel.pbr.teacher import MultiViewPBRGenerator, load_generator
+from fresnel.training.checkpoint import CheckpointError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pbr"
 CONFIG_FILES = ("high_quality", "fast_iteration", "normal_focused")
@@ -223,7 +224,7 @@ def test_load_generator_round_trip_with_weights_only(tmp_path):
     x = views(1, 32)
     with torch.no_grad():
         assert torch.equal(model(x)["normal"], loaded(x)["normal"])
-    with pytest.raises(FileNotFoundError, match=re.escape("absent.pth")):
+    with pytest.raises(CheckpointError, match=re.escape("absent.pth")):
         load_generator(tmp_path / "absent.pth")
 
 

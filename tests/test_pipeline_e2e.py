@@ -5,6 +5,7 @@ import re
 
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import REPO, make_workspace, run
 
@@ -51,21 +52,21 @@ def demo(tmp_path_factory):
     """The demo DAG run once by snakemake: the NeuroPBR chain from its .mlpackage target,
     then everything `make demo` builds."""
     ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
-    set_param(ws, "decoder.epochs", 2)  # the demo's schedule, shortened: these tests rerun it
+    set_param(ws, "decoder.train.epochs", 2)  # the demo's schedule, shortened: these tests rerun it
     run("git commit -qam 'short schedule'", ws)
     run("snakemake --profile cpu results/pbr_student.mlpackage", ws)
     run(f"snakemake --profile cpu {DEMO_TARGETS}", ws)  # what `make demo` runs
     return ws
 
 
-DOWNSTREAM_OF_SHARDS = {"shards", "train", "export_decoder", "evaluate"}
+DOWNSTREAM_OF_SHARDS = {"shards", "decoder_train", "decoder_export", "decoder_evaluate"}
 
 
 def test_demo_produces_decoder_onnx_evaluation_and_provenance(demo):
     manifest = json.loads((demo / "data/shards/manifest.json").read_text())
     assert manifest["count"] == 16 and manifest["dtype"] == "float16"
     assert (demo / "results/decoder_exp2.onnx").is_file()
-    metrics = json.loads((demo / "results/decoder_exp2_eval/metrics.json").read_text())
+    metrics = json.loads((demo / "results/decoder_exp2_eval/summary.json").read_text())
     assert metrics["held_out"] == 4
     record = json.loads((demo / "provenance/features.json").read_text())
     assert record["device"] == "cpu" and record["git_revision"] != "unknown"
@@ -79,7 +80,7 @@ def test_demo_density_maps_come_from_the_offline_provider_into_the_shards(demo):
     assert index["items"]["sample_astronaut"]["branch"] == "smart-face"
     manifest = json.loads((demo / "data/shards/manifest.json").read_text())
     assert manifest["vlm_density"] and manifest["tensors"]["vlm_density"] == [64, 64]
-    train = json.loads((demo / "provenance/train-2.json").read_text())
+    train = json.loads((demo / "provenance/decoder_train-2.json").read_text())
     assert train["params"]["cfg"]["use_vlm_guidance"] is True
 
 
@@ -120,7 +121,7 @@ def test_param_edit_reruns_only_dependents_then_run_cache_restores(demo):
 
     repro = run("dvc repro", demo).stdout
     assert re.findall(r"Running stage '([^']+)'", repro) == [
-        "shards", "train-2", "export_decoder-2", "evaluate-2"
+        "shards", "decoder_train-2", "decoder_export-2", "decoder_evaluate-2"
     ]  # fmt: skip
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
     assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 6
@@ -128,17 +129,17 @@ def test_param_edit_reruns_only_dependents_then_run_cache_restores(demo):
     set_param(demo, "shards.shard_size", 4)
     repro = run("dvc repro", demo).stdout
     assert "Running stage" not in repro
-    for stage in ("shards", "train-2", "export_decoder-2", "evaluate-2"):
+    for stage in ("shards", "decoder_train-2", "decoder_export-2", "decoder_evaluate-2"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in repro
     assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 4
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
 def test_training_param_edit_reruns_train_export_evaluate_only(demo):
-    set_param(demo, "decoder.lr", 0.001)
+    set_param(demo, "decoder.train.lr", 0.001)
     repro = run("dvc repro", demo).stdout
     assert re.findall(r"Running stage '([^']+)'", repro) == [
-        "train-2", "export_decoder-2", "evaluate-2"
+        "decoder_train-2", "decoder_export-2", "decoder_evaluate-2"
     ]  # fmt: skip
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
@@ -149,6 +150,24 @@ def test_adding_an_image_computes_features_for_it_only(demo):
     stats = json.loads((demo / "provenance/features.json").read_text())["stats"]
     assert (stats["images"], stats["computed"], stats["model_runs"]) == (17, 1, 1)
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_a_local_folder_is_a_stage_input_and_a_new_image_is_the_only_one_computed(workspace):
+    from skimage import data
+
+    photos = workspace / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(photos / f"{name}.png")
+    set_param(workspace, "download.source", "local:photos")
+    run("snakemake --profile cpu data/features", workspace)
+    assert "download" not in snakemake_plan(workspace)
+
+    Image.fromarray(data.rocket()).save(photos / "rocket.png")
+    assert {"download", "matte", "features"} <= snakemake_plan(workspace)
+    run("snakemake --profile cpu data/features", workspace)
+    stats = json.loads((workspace / "provenance/features.json").read_text())["stats"]
+    assert (stats["images"], stats["computed"]) == (4, 1)
 
 
 def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
@@ -164,13 +183,22 @@ def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
 
 
 def test_bad_params_fail_before_any_job(workspace):
-    set_param(workspace, "decoder.lr", "fast")
+    set_param(workspace, "decoder.train.lr", "fast")
     set_param(workspace, "matte.colour", "black")
     out = run("snakemake --profile cpu", workspace, check=False)
     assert out.returncode != 0
-    assert "decoder.lr: 'fast' is not of type 'number'" in out.stderr
+    assert "decoder.train.lr: 'fast' is not of type 'number'" in out.stderr
     assert "matte.colour: unknown key" in out.stderr
     assert not (workspace / "data").exists()
+
+
+def test_nested_config_overrides_and_yaml_errors_under_snakemake(workspace):
+    run("snakemake --profile cpu -n --config 'decoder={train: {epochs: 5}}'", workspace)
+    params = workspace / "params.yaml"
+    params.write_text(params.read_text().replace("count: 16", "count: [16", 1))
+    out = run("snakemake --profile cpu -n", workspace, check=False)
+    assert out.returncode != 0 and "params.yaml: not valid YAML" in out.stdout + out.stderr
+    assert "line 5, column 10" in out.stdout + out.stderr
 
 
 def test_profiles_resolve_and_rocm_jobs_see_hsa_override(workspace):

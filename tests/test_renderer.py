@@ -14,9 +14,9 @@ from fresnel.render import (
     build_tile_lists,
     inverse_2x2,
     project_gaussians,
-    render_dense,
 )
 from fresnel.render import constants as C
+from fresnel.render.dense import render_dense
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -186,7 +186,7 @@ def test_gradcheck_float64(renderer):
     scales = 0.1 + 0.15 * torch.rand(n, 3, generator=g, dtype=torch.float64)
     quats = torch.randn(n, 4, generator=g, dtype=torch.float64)
     opacities = 0.2 + 0.6 * torch.rand(n, generator=g, dtype=torch.float64)
-    opacities[0] = 1.0  # clamped at its centre
+    opacities[0] = 0.999  # clamped at its centre (> ALPHA_MAX; 1 + eps would be invalid)
     colors = torch.rand(n, 3, generator=g, dtype=torch.float64)
     inputs = [t.requires_grad_() for t in (means, scales, quats, opacities, colors)]
     cam = Camera(8.0, 8.0, 4.0, 4.0, 8, 8)
@@ -257,6 +257,8 @@ def test_inverse_2x2_matches_linalg_inv():
         (2, (4,), 0.0, "quats has 1 zero-norm"),
         (3, (1,), float("nan"), "opacities has 1 NaN/Inf"),
         (4, (1, 1), float("-inf"), "colors has 1 NaN/Inf"),
+        (3, (2,), 1.5, r"opacities has 1 entries outside \[0, 1\]"),
+        (3, (5,), -0.5, r"opacities has 1 entries outside \[0, 1\]"),
     ],
 )
 def test_invalid_inputs_raise(index, row, value, message):

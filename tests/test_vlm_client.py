@@ -121,6 +121,17 @@ def test_read_timeout_is_retried_then_raised():
     assert sleeps == [0.01, 0.02]
 
 
+def test_read_timeout_bounds_the_whole_answer_not_each_socket_read():
+    """A server dripping one byte every 0.2 s never trips a 1 s per-read timeout; the client
+    gives up once the whole answer has taken longer than read_timeout."""
+    with ChatServer(drip=0.2) as server:
+        client = _client(server.url, read_timeout=1.0, retries=0)
+        start = time.monotonic()
+        with pytest.raises(VLMTimeout, match=r"no complete answer within the read timeout"):
+            client.chat("q", _png())
+        assert time.monotonic() - start < 3.0  # the whole body would take ~40 s
+
+
 def test_slow_server_within_the_timeout_succeeds_without_retry():
     sleeps: list[float] = []
     with ChatServer(lambda request: "slow but fine", delay=0.3) as server:

@@ -295,7 +295,7 @@ def test_timeouts_fail_the_image_and_leave_it_uncached(dirs):
     with ChatServer(Script(), delay=lambda number: 0.5 if number > 0 else 0) as server:
         _run(images, out, server, cache, read_timeout=0.1, retries=1, on_failure="uniform")
         assert server.requests == 2
-    assert "no answer within the read timeout of 0.1 s" in _failed(out)[0]["reason"]
+    assert "no complete answer within the read timeout of 0.1 s" in _failed(out)[0]["reason"]
     assert not list(cache.glob("*.json"))
 
 

@@ -6,22 +6,10 @@ on the same 1024 teacher shards as mobilenetv3_512 (the guide contradicts itself
 fresnel.pbr.student). Converges in 50-70 epochs.
 """
 
-from fresnel.pbr.student import StudentConfig
+from fresnel.pbr.student_config import StudentConfig, get_student_config
 
 
 def get_config() -> StudentConfig:
-    cfg = StudentConfig()
-    cfg.model.arch = "convattn"
-    cfg.model.width_mult = 1.0
-    cfg.model.transformer_dim = 256
-    cfg.model.plk_kernel_size = 17
-    cfg.model.plk_blocks = 3
-    cfg.model.use_sr = True
-    cfg.model.sr_scale = 2
-
-    cfg.data.image_size = 512
-    cfg.data.output_size = 1024
-
-    cfg.training.epochs = 60
-    cfg.training.batch_size = 8
-    return cfg
+    # The preset is defined once, in fresnel.pbr.student_config; a variant of this file
+    # changes fields of the returned config before returning it.
+    return get_student_config("convattn_student")

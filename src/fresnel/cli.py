@@ -8,19 +8,10 @@ import sys
 from pathlib import Path
 
 
-def params_from(file: str | None) -> dict:
-    """Settings the guide's flags do not cover (hub ids, matte geometry) come from params."""
-    from fresnel import params
-
-    path = Path(file or "params.yaml")
-    if file is None and not path.exists():
-        path = params.REPO_ROOT / "params.yaml"
-    logging.getLogger("fresnel").info("settings not given as flags come from %s", path)
-    return params.load(path)
-
-
 def _params(args) -> dict:
-    return params_from(args.params)
+    from fresnel.params import for_command
+
+    return for_command(args.params)
 
 
 def _download(args) -> None:
@@ -91,63 +82,6 @@ def _shards(args) -> None:
                shard_size=args.shard_size, seed=args.seed, vlm_dir=args.vlm_dir))  # fmt: skip
 
 
-def _train(args) -> None:
-    """The guide's train_gaussian_decoder: train, then export the ONNX next to the checkpoints."""
-    from dataclasses import fields
-
-    from fresnel.decoder.config import TrainConfig
-    from fresnel.decoder.export import export_onnx, held_out_inputs
-    from fresnel.decoder.train import train
-    from fresnel.decoder.trainlog import RunLogger
-
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    logger = RunLogger(args.output_dir, resume=bool(args.resume))
-    try:
-        result = train(config, args.data_dir, args.output_dir, args.device, args.resume, [logger])
-    finally:
-        logger.close()
-    onnx = Path(args.output_dir) / f"gaussian_decoder_exp{config.experiment}.onnx"
-    features, depth = held_out_inputs(result["checkpoint"], args.data_dir)
-    print({**result, **export_onnx(result["checkpoint"], onnx, features, depth), "onnx": str(onnx)})
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, named as in the guide's tables."""
-    from dataclasses import MISSING, fields
-
-    from fresnel.decoder.config import TrainConfig
-
-    for field in fields(TrainConfig):
-        default = field.default if field.default is not MISSING else None
-        if field.name == "experiment":
-            p.add_argument("--experiment", type=int, choices=[1, 2, 3], default=3,
-                           help="1=SAAG Refinement, 2=Direct, 3=FeatureGuided")  # fmt: skip
-        elif isinstance(default, bool):
-            p.add_argument(f"--{field.name}", action="store_true")
-        else:
-            kind = {"lpips_backbone": str}.get(field.name) or (
-                float if isinstance(default, float) else int
-            )
-            p.add_argument(f"--{field.name}", type=kind, default=default)
-
-
-def _decoder_inference(args) -> None:
-    from fresnel.decoder.export import decoder_inference
-
-    packed = decoder_inference(args.model, args.features, args.depth, args.output, args.ply)
-    print(f"{args.output}: {packed.shape[0]} Gaussians x 14 float32"
-          + (f"; {args.ply}" if args.ply else ""))  # fmt: skip
-
-
-def _evaluate(args) -> None:
-    from fresnel.decoder.evaluate import evaluate, markdown_table
-    from fresnel.decoder.train import final_checkpoint
-
-    checkpoint = args.checkpoint or final_checkpoint(args.run_dir)
-    summary = evaluate(args.model, checkpoint, args.data_dir, args.output_dir, args.lpips_backbone)
-    print(markdown_table(summary))
-
-
 def _dvc_yaml(args) -> None:
     from fresnel.pipeline import dvcgen
 
@@ -181,6 +115,7 @@ def _lint_workflow(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fresnel.decoder import cli as decoder_cli
     from fresnel.pbr import cli as pbr_cli
     from fresnel.vlm import cli as vlm_cli
 
@@ -241,33 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the features) for --use_vlm_guidance")  # fmt: skip
     p.set_defaults(func=_shards)
 
-    p = sub.add_parser("train_gaussian_decoder", help="train the decoder from teacher shards")
-    p.add_argument("--data_dir", default="data/shards", help="a shard folder (fresnel pack_shards)")
-    p.add_argument("--output_dir", default="checkpoints")
-    p.add_argument("--resume", default=None, help="checkpoint to resume from")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "rocm", "mps"])
-    _add_train_flags(p)
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser("decoder_inference", help="ONNX decoder on one image's feature files")
-    p.add_argument("features", help="{name}_dinov2.bin (37x37x384 float32)")
-    p.add_argument("depth", help="{name}_depth.bin (square float32)")
-    p.add_argument("output", help="out.bin: N x 14 float32 packed Gaussians")
-    p.add_argument("--model", default="models/gaussian_decoder.onnx")
-    p.add_argument("--ply", default=None, help="also write a 3D Gaussian Splatting PLY")
-    p.set_defaults(func=_decoder_inference)
-
-    p = sub.add_parser("evaluate_decoder", help="held-out metrics against two baselines")
-    p.add_argument("--model", required=True, help="the exported decoder .onnx")
-    p.add_argument("--run_dir", default="checkpoints", help="training output (last checkpoint)")
-    p.add_argument("--checkpoint", default=None, help="a specific checkpoint instead")
-    p.add_argument("--data_dir", default="data/shards")
-    p.add_argument("--output_dir", default="evaluation")
-    p.add_argument("--lpips_backbone", default=None, help="torchvision AlexNet weights file")
-    p.set_defaults(func=_evaluate)
-
-    vlm_cli.add_commands(sub)
-    pbr_cli.add_commands(sub)
+    for family in (decoder_cli, vlm_cli, pbr_cli):
+        family.add_commands(sub)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
     p.add_argument("--check", action="store_true", help="fail when dvc.yaml is out of date")
@@ -285,13 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's input or setup: their message says what to fix."""
-    from fresnel.images import BadImage
+    from fresnel.config import ConfigError
     from fresnel.data.matte import MatteError
+    from fresnel.images import BadImage
+    from fresnel.metrics import MetricUnavailable
     from fresnel.params import ParamsError
+    from fresnel.training import TrainingDiverged
+    from fresnel.training.checkpoint import CheckpointError
     from fresnel.vlm.client import VLMError
     from fresnel.vlm.stage import VLMStageError
 
-    return (FileNotFoundError, BadImage, MatteError, ParamsError, VLMError, VLMStageError)
+    return (FileNotFoundError, BadImage, MatteError, ParamsError, VLMError, VLMStageError,
+            ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,8 @@ def load_rgb(
             return _decode(img)
     except BadImage as exc:
         raise BadImage(name, exc.reason) from None
+    except PermissionError:
+        raise BadImage(name, "permission denied: this user cannot read the file") from None
     except UnidentifiedImageError:
         raise BadImage(name, "not a recognised image file") from None
     except Image.DecompressionBombError as exc:
@@ -62,7 +64,14 @@ def load_rgb(
         raise BadImage(name, f"truncated or corrupt image data ({exc})") from None
 
 
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")  # (MPO camera JPEGs hold several frames too: fine)
+
+
 def _decode(img: Image.Image) -> Image.Image:
+    if img.format in ANIMATED_FORMATS and getattr(img, "is_animated", False):
+        raise BadImage(
+            "image", f"animated {img.format} ({img.n_frames} frames): save the frame to use"
+        )
     img.load()  # a full decode, so truncated data raises here and not later
     return to_rgb(ImageOps.exif_transpose(img))
 

@@ -97,7 +97,9 @@ def describe(values) -> dict:
             "p10": float(np.percentile(values, 10)), "n": int(values.size)}  # fmt: skip
 
 
-def markdown_table(header: list[str], rows: list[list[str]], note: str = "", footer: str = "") -> str:
+def markdown_table(
+    header: list[str], rows: list[list[str]], note: str = "", footer: str = ""
+) -> str:
     """A markdown table, with an optional paragraph before (note) and after (footer) it."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]

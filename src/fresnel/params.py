@@ -6,7 +6,9 @@ typo fails before any job runs.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -45,22 +47,77 @@ def validate(params: dict, source: str = "params.yaml", schema: dict | None = No
     return params
 
 
+def parse_command_line_values(params: dict, schema: dict | None = None) -> dict:
+    """Snakemake's `--config 'decoder={train: {epochs: 5}}'` leaves nested values as strings
+    ('5'). Where the schema refuses the string but accepts the YAML value it spells, use that
+    value; anything else is left for `validate` to report."""
+    schema = schema or load_schema()
+    defs = {"$defs": schema.get("$defs", {})}
+
+    def fits(value, subschema) -> bool:
+        return jsonschema.Draft202012Validator({**subschema, **defs}).is_valid(value)
+
+    def walk(node, subschema):
+        if isinstance(node, dict):
+            props = subschema.get("properties", {})
+            return {k: walk(v, props[k]) if k in props else v for k, v in node.items()}
+        if isinstance(node, str) and not fits(node, subschema):
+            return next((v for v in _readings(node) if fits(v, subschema)), node)
+        return node
+
+    return walk(params, schema)
+
+
+def _readings(text: str) -> list:
+    """What a command-line string may mean: its YAML value, and a float for '3e-4' (which
+    YAML 1.1 reads as a string)."""
+    readings = []
+    with contextlib.suppress(yaml.YAMLError):
+        readings.append(yaml.safe_load(text))
+    with contextlib.suppress(ValueError):
+        readings.append(float(text))
+    return readings
+
+
 def _cross_field_problems(params: dict) -> list[str]:
     """Rules between sections that a JSON schema cannot state readably."""
     problems = []
-    decoder, vlm = params.get("decoder", {}), params.get("vlm", {})
+    decoder, vlm = params.get("decoder", {}).get("train", {}), params.get("vlm", {})
     if decoder.get("use_vlm_guidance") and not vlm.get("use_vlm"):
         problems.append(
-            "decoder.use_vlm_guidance: needs vlm.use_vlm: true (the density maps come from "
+            "decoder.train.use_vlm_guidance: needs vlm.use_vlm: true (the density maps come from "
             "the vlm stage); turn one on or the other off"
+        )
+    url = urlsplit(str(vlm.get("vlm_url", "")))
+    if url.username or url.password:
+        problems.append(
+            "vlm.vlm_url: holds credentials (user:token@host), which would be written to "
+            "provenance records and Snakemake's metadata; remove them from the URL and put the "
+            "token in the environment variable that vlm.api_key_env names"
         )
     return problems
 
 
-def load(path: str | Path = "params.yaml") -> dict:
+def read_yaml(path: str | Path = "params.yaml") -> dict:
+    """The file's mapping; a syntax error names the file, line and column."""
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    return validate(params or {}, source=str(path))
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    return validate(read_yaml(path), source=str(path))
+
+
+def for_command(file: str | None) -> dict:
+    """Params for a hand-run command: `file`, else ./params.yaml, else the repository's.
+    Settings the guide's flags do not cover (hub ids, matte geometry) come from here."""
+    import logging
+
+    path = Path(file or "params.yaml")
+    if file is None and not path.exists():
+        path = REPO_ROOT / "params.yaml"
+    logging.getLogger("fresnel").info("settings not given as flags come from %s", path)
+    return load(path)

@@ -10,9 +10,21 @@ os.environ[TARGET_ENV_VAR] = config.get("target", os.environ.get(TARGET_ENV_VAR,
 os.environ.update({k: str(v) for k, v in config.get("job_env", {}).items()})
 
 
-def P(path):
-    """The params.yaml section `path` (e.g. "download"), tracked by Snakemake and DVC."""
-    return section(config, path)
+def P(path, *keys):
+    """The params.yaml section `path` (e.g. "decoder.train"), or only its `keys`: what a
+    rule reads, tracked by Snakemake and DVC."""
+    return section(config, path, keys)
+
+
+# What `dvc metrics show` and `dvc plots show` present of each rule's outputs
+# ({out} = its first output).
+DVC_PRESENTATION = {
+    "decoder_train": {"plots": [{"{out}/dvclive/plots/metrics": {"x": "step"}}, "{out}/renders.png"]},
+    "decoder_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/held_out.png", "{out}/psnr.png"]},
+    "pbr_teacher": {"plots": ["{out}/curves.png"]},
+    "pbr_student": {"plots": ["{out}/curves.png"]},
+    "pbr_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/metrics.png"]},
+}
 
 
 def code(script):
@@ -25,17 +37,18 @@ def vlm_density_input(wildcards):
     return {"vlm": "data/vlm"} if config["vlm"]["use_vlm"] else {}
 
 
-def pbr_sources(section):
-    """Files behind a `pbr.<section>` value, so editing them reruns the stage: a Python
-    config file (`config: configs/pbr/x.py`) or a local dataset (`source: local:<dir>`)."""
+def sources(path):
+    """Files behind a params value, so editing them reruns the stage: a Python config file
+    (`config: configs/pbr/x.py`) or a local folder (`source: local:<dir>`: adding an image
+    reruns the stage). `path` is the params section, e.g. "download" or "pbr.dataset"."""
 
     def inputs(wildcards):
-        cfg = config["pbr"][section]
+        cfg = P(path)
         value = str(cfg.get("config", cfg.get("source", "")))
         if value.endswith(".py"):
             return {"config_file": value}
         if value.startswith("local:"):
-            return {"local_dataset": value.removeprefix("local:")}
+            return {"local_source": value.removeprefix("local:")}
         return {}
 
     return inputs

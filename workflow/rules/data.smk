@@ -5,6 +5,7 @@ rule download:
     output:
         directory("data/raw"),
     input:
+        unpack(sources("download")),
         code=code("download.py"),
     params:
         cfg=P("download"),

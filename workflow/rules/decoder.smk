@@ -5,14 +5,7 @@ wildcard_constraints:
     exp="[123]",
 
 
-# What `dvc metrics show` / `dvc plots show` present (paths relative to a job's outputs).
-DVC_PRESENTATION = {
-    "train": {"plots": [{"{out}/dvclive/plots/metrics": {"x": "step"}}, "{out}/renders.png"]},
-    "evaluate": {"metrics": ["{out}/metrics.json"], "plots": ["{out}/held_out.png", "{out}/psnr.png"]},
-}
-
-
-rule train:
+rule decoder_train:
     input:
         shards="data/shards",
         code=code("train_decoder.py"),
@@ -24,16 +17,16 @@ rule train:
             category="Decoder",
         ),
     params:
-        cfg=P("decoder"),
+        cfg=P("decoder.train"),
     resources:
         gpu=1,
     log:
-        "logs/train_exp{exp}.log",
+        "logs/decoder_train_exp{exp}.log",
     script:
         "../scripts/train_decoder.py"
 
 
-rule export_decoder:
+rule decoder_export:
     input:
         run="results/decoder_exp{exp}",
         shards="data/shards",
@@ -41,14 +34,14 @@ rule export_decoder:
     output:
         "results/decoder_exp{exp}.onnx",
     params:
-        cfg=P("export"),
+        cfg=P("decoder.export"),
     log:
-        "logs/export_decoder_exp{exp}.log",
+        "logs/decoder_export_exp{exp}.log",
     script:
         "../scripts/export_decoder.py"
 
 
-rule evaluate:
+rule decoder_evaluate:
     input:
         onnx="results/decoder_exp{exp}.onnx",
         run="results/decoder_exp{exp}",
@@ -57,13 +50,13 @@ rule evaluate:
     output:
         report(
             directory("results/decoder_exp{exp}_eval"),
-            patterns=["held_out.png", "psnr.png", "per_image.csv"],
+            patterns=["held_out.png", "psnr.png", "per_item.csv"],
             caption="../report/evaluate.rst",
             category="Decoder",
         ),
     params:
-        cfg=P("decoder"),
+        cfg=P("decoder.train", "lpips_backbone"),
     log:
-        "logs/evaluate_exp{exp}.log",
+        "logs/decoder_evaluate_exp{exp}.log",
     script:
         "../scripts/evaluate_decoder.py"

@@ -1,20 +1,12 @@
 # NeuroPBR (guide 002): PBR materials -> multi-view teacher -> fp16 teacher shards ->
 # distilled student -> Core ML .mlpackage and ONNX, plus an evaluation of both models.
-# Later stages use each run's final weights (latest*.pth), never the checkpoint with the
-# best validation loss: the held-out materials are monitored, not used to choose.
-
-DVC_PRESENTATION.update(
-    {
-        "pbr_teacher": {"plots": ["{out}/curves.png"]},
-        "pbr_student": {"plots": ["{out}/curves.png"]},
-        "pbr_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/metrics.png"]},
-    }
-)
-
+# Later stages use each run's final weights (fresnel.training.final_checkpoint: latest*.pth),
+# never the checkpoint with the best validation loss: the held-out materials are monitored,
+# not used to choose.
 
 rule pbr_dataset:
     input:
-        unpack(pbr_sources("dataset")),
+        unpack(sources("pbr.dataset")),
         code=code("pbr_dataset.py"),
     output:
         directory("data/pbr"),
@@ -28,7 +20,7 @@ rule pbr_dataset:
 
 rule pbr_teacher:
     input:
-        unpack(pbr_sources("teacher")),
+        unpack(sources("pbr.teacher")),
         data="data/pbr",
         code=code("pbr_teacher.py"),
     output:
@@ -67,7 +59,7 @@ rule pbr_teacher_shards:
 
 rule pbr_student:
     input:
-        unpack(pbr_sources("student")),
+        unpack(sources("pbr.student")),
         data="data/pbr",
         shards="data/pbr_shards",
         code=code("pbr_student.py"),
@@ -125,7 +117,7 @@ rule pbr_evaluate:
     output:
         report(
             directory("results/pbr_eval"),
-            patterns=["table.md", "metrics.png", "per_sample.csv"],
+            patterns=["table.md", "metrics.png", "per_item.csv"],
             caption="../report/pbr_evaluate.rst",
             category="NeuroPBR",
         ),

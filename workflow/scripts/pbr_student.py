@@ -2,7 +2,7 @@
 
 from fresnel.pbr.data import dataset_dirs
 from fresnel.pbr.distill import train_student
-from fresnel.pbr.student import apply_overrides, get_student_config
+from fresnel.pbr.student_config import apply_overrides, get_student_config
 from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:

@@ -1,7 +1,7 @@
 """Rule shards: pack teacher outputs and targets into fp16 shards (logic in fresnel.data.shards)."""
 
-from fresnel.pipeline.adapter import stage
 from fresnel.data.shards import pack
+from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:
     cfg = snakemake.params.cfg

@@ -28,7 +28,9 @@ from fresnel.images import BadImage, load_rgb, save_png
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Formats people keep photos in that no installed decoder reads.
+UNSUPPORTED_SUFFIXES = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".jxl": "JPEG XL"}
 ON_BAD_IMAGE = ("skip", "fail")
 
 _PD = "public domain (scikit-image sample data)"
@@ -89,39 +91,53 @@ def run(
     """Fill `out_dir` with images/, manifest.parquet and rejected.json; return the counts."""
     if on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, not {on_bad_image!r}")
-    kind, items, total = _items(source, count, seed, datasets)
+    kind, items, total, rejected = _items(source, count, seed, datasets)
+    for entry in rejected:
+        logger.warning("rejected %s: %s", entry["item"], entry["reason"])
     out = io.reset_dir(out_dir)
-    rows, rejected, from_cache = [], [], 0
+    rows, first_of, from_cache = [], {}, 0
     for item in tqdm(items, total=total, desc=f"download {source}", unit="img"):
         from_cache += item.from_cache
         try:
-            rows.append(_place(item, out, kind, min_size))
+            row = _place(item, out, kind, min_size)
         except BadImage as exc:
             logger.warning("rejected %s: %s", item.name, exc.reason)
             rejected.append({"item": item.name, "reason": exc.reason})
+            continue
+        if row["sha256"] in first_of:  # same pixels under another name: keep the first only
+            (out / row["file"]).unlink()
+            reason = f"duplicate of {first_of[row['sha256']]} (identical pixels)"
+            logger.warning("rejected %s: %s", item.name, reason)
+            rejected.append({"item": item.name, "reason": reason, "duplicate": True})
+            continue
+        first_of[row["sha256"]] = item.name
+        rows.append(row)
     _write_outputs(out, rows, rejected)
-    stats = {"accepted": len(rows), "rejected": len(rejected), "from_cache": from_cache}
+    bad = [r for r in rejected if not (r.get("duplicate") or r.get("ignored"))]
+    stats = {"accepted": len(rows), "rejected": len(bad), "from_cache": from_cache,
+             "duplicates": sum(bool(r.get("duplicate")) for r in rejected),
+             "not_images": sum(bool(r.get("ignored")) for r in rejected)}  # fmt: skip
     logger.info("download %s: %s", source, stats)
     if not rows:
         logger.warning("download %s: no image was accepted", source)
-    if rejected and on_bad_image == "fail":
-        lines = "\n".join(f"  {r['item']}: {r['reason']}" for r in rejected)
+    if bad and on_bad_image == "fail":
+        lines = "\n".join(f"  {r['item']}: {r['reason']}" for r in bad)
         raise DownloadError(
-            f"{len(rejected)} bad image(s) from source {source!r} (on_bad_image: fail):\n{lines}"
+            f"{len(bad)} bad image(s) from source {source!r} (on_bad_image: fail):\n{lines}"
         )
     return stats
 
 
-def _items(source: str, count: int, seed: int, datasets: dict) -> tuple[str, Iterable[_Item], int]:
-    """(the manifest's source name, the items, how many to expect)."""
+def _items(source: str, count: int, seed: int, datasets: dict):
+    """(the manifest's source name, the items, how many to expect, files already rejected)."""
     if source == "sample":
         items = _sample_items(count, seed)
-        return "sample", items, len(items)
+        return "sample", items, len(items), []
     if source.startswith("local:"):
-        items = _local_items(Path(source.removeprefix("local:")), count)
-        return "local", items, len(items)
+        items, rejected = _local_items(Path(source.removeprefix("local:")), count)
+        return "local", items, len(items), rejected
     if source in datasets:
-        return source, _hub_items(source, datasets[source], count), count
+        return source, _hub_items(source, datasets[source], count), count, []
     known = ", ".join(["sample", "local:<dir>", *sorted(datasets)])
     raise DownloadError(f"unknown download source {source!r}; expected one of: {known}")
 
@@ -204,21 +220,55 @@ def procedural_image(seed: int, index: int, size: int = 256) -> Image.Image:
 # --- local:<dir> --------------------------------------------------------------------------
 
 
-def _local_items(root: Path, count: int) -> list[_Item]:
+def _local_items(root: Path, count: int) -> tuple[list[_Item], list[dict]]:
+    """(the first `count` image files under root, the files that are not used and why).
+    Symlinked folders are followed (once each); every file is one or the other."""
     if not root.is_dir():
         raise DownloadError(f"local source: directory not found: {root}")
-    rels = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )[:count]
+    candidates, rejected = [], []
+    for path in _walk_files(root):
+        rel = path.relative_to(root).as_posix()
+        reason = _unusable_reason(path)
+        if reason:
+            not_an_image = path.suffix.lower() not in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES)
+            rejected.append({"item": rel, "reason": reason, **({"ignored": True} if not_an_image
+                                                                else {})})  # fmt: skip
+        else:
+            candidates.append(rel)
+    rels = sorted(candidates)[:count]
     if not rels:
         raise DownloadError(f"local source: no image files ({' '.join(IMAGE_SUFFIXES)}) in {root}")
     ids = unique_ids(os.path.splitext(rel)[0] for rel in rels)
-    return [
+    items = [
         _Item(id_, rel, rel, "", partial(load_rgb, root / rel, rel))
         for id_, rel in zip(ids, rels, strict=True)
     ]
+    return items, rejected
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(folder) / name
+
+
+def _unusable_reason(path: Path) -> str | None:
+    """Why a file in a local folder cannot be an input image (None: try to load it)."""
+    suffix = path.suffix.lower()
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    if suffix in UNSUPPORTED_SUFFIXES:
+        return f"{UNSUPPORTED_SUFFIXES[suffix]} is not supported: convert it to PNG or JPEG"
+    if suffix not in IMAGE_SUFFIXES:
+        return f"not an image file type ({' '.join(IMAGE_SUFFIXES)})"
+    return None
 
 
 def unique_ids(stems: Iterable[str]) -> list[str]:

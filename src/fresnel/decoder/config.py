@@ -4,7 +4,9 @@ Kept free of torch so that the CLI can build its flags quickly."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from fresnel.config import apply_overrides
 
 
 @dataclass
@@ -38,16 +40,14 @@ class TrainConfig:
     lpips_weight: float = 0.0
     lpips_backbone: str | None = None
     grad_clip: float = 1.0
+    use_amp: bool = True  # autocast (+ GradScaler for fp16) on GPU targets; off on the CPU
     val_fraction: float = 0.25
     seed: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**values)
+        """The defaults with `values` applied; an unknown key is a ConfigError naming it."""
+        return apply_overrides(cls(), values)
 
     def model_flags(self) -> dict:
         return {

@@ -6,30 +6,34 @@ Methods, all rendered/compared at the training image_size on the held-out split:
 - `bicubic`: the target downsampled (area) to s x s samples, s = round(sqrt(N)) for N
   Gaussians, then bicubic-upsampled back: an image codec with as many samples as Gaussians.
   When s >= image_size this baseline is (nearly) lossless; the table says so.
-LPIPS needs backbone weights (decoder.lpips_backbone); without them it is reported as
-"unavailable: ...", never as a number.
+LPIPS needs backbone weights (decoder.train.lpips_backbone); without them it is reported as
+"unavailable: ...", never as a number. The metrics and the table files (per_item.csv,
+summary.json, table.md) are `fresnel.metrics`'s; held_out.png and psnr.png are drawn here.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fresnel import metrics
+from fresnel.data.shards import ShardStream
 from fresnel.decoder import gaussians
 from fresnel.decoder.export import _onnx_session, load_checkpoint
-from fresnel.decoder.losses import LossConfigError, load_lpips, ssim_value
-from fresnel.decoder.train import batches, make_model, psnr, render_batch, split_ids
-from fresnel.io import atomic_path, reset_dir, write_bytes, write_json
+from fresnel.decoder.losses import LPIPS_SETTING
+from fresnel.decoder.pictures import to_image
+from fresnel.decoder.train import batches, make_model, render_batch, split_ids
+from fresnel.images import save_png
+from fresnel.io import atomic_path, reset_dir
 from fresnel.render import TileBasedRenderer
-from fresnel.data.shards import ShardStream
 
 METHODS = ("decoder", "untrained", "bicubic")
+HEADER = ["method", "PSNR mean", "PSNR median", "PSNR p10", "SSIM mean", "SSIM median",
+          "SSIM p10"]  # fmt: skip
 
 
 def bicubic_baseline(target: torch.Tensor, samples: int) -> torch.Tensor:
@@ -65,81 +69,51 @@ def _predictions(onnx_path, config, shard_dir):
         yield batch["id"], target, {k: v.clamp(0, 1) for k, v in renders.items()}
 
 
-def _lpips_or_reason(backbone):
-    try:
-        return load_lpips(backbone), None
-    except LossConfigError as exc:
-        return None, f"unavailable: {exc}"
-
-
 def summarise(rows: list[dict]) -> dict:
-    summary = {}
-    for method in METHODS:
-        for metric in ("psnr", "ssim"):
-            values = np.array([r[metric] for r in rows if r["method"] == method], dtype=float)
-            summary[f"{method}/{metric}"] = {
-                "mean": float(values.mean()), "median": float(np.median(values)),
-                "p10": float(np.percentile(values, 10)), "n": int(values.size),
-            }  # fmt: skip
-    return summary
+    """{"<method>/<metric>": mean, median, p10 and n} for PSNR and SSIM."""
+    return {
+        f"{method}/{metric}": metrics.describe([r[metric] for r in rows if r["method"] == method])
+        for method in METHODS
+        for metric in ("psnr", "ssim")
+    }
 
 
 def evaluate(onnx_path, checkpoint, shard_dir, out_dir, lpips_backbone=None) -> dict:
     out_dir = reset_dir(out_dir)
-    lpips_model, lpips_reason = _lpips_or_reason(lpips_backbone)
+    lpips_model, lpips_reason = metrics.lpips_or_unavailable(lpips_backbone, LPIPS_SETTING)
     rows, pictures = [], []
     _, config = load_checkpoint(checkpoint)
     for ids, target, renders in _predictions(onnx_path, config, shard_dir):
         for method, render in renders.items():
-            scores = psnr(render, target).tolist()
-            for i, item in enumerate(ids):
-                row = {"id": item, "method": method, "psnr": scores[i],
-                       "ssim": float(ssim_value(render[i : i + 1], target[i : i + 1]))}  # fmt: skip
+            psnrs = metrics.psnr(render, target).tolist()
+            ssims = metrics.ssim(render, target, per_item=True).tolist()
+            if lpips_model is not None:
                 with torch.no_grad():
-                    row["lpips"] = (
-                        float(lpips_model(render[i : i + 1] * 2 - 1, target[i : i + 1] * 2 - 1))
-                        if lpips_model is not None
-                        else lpips_reason
-                    )
-                rows.append(row)
+                    lpips = lpips_model(render * 2 - 1, target * 2 - 1).flatten().tolist()
+            else:
+                lpips = [lpips_reason] * len(ids)
+            rows += [{"id": item, "method": method, "psnr": psnrs[i], "ssim": ssims[i],
+                      "lpips": lpips[i]} for i, item in enumerate(ids)]  # fmt: skip
         pictures.append(torch.cat([target, *(renders[m] for m in METHODS)], dim=3))
     summary = {"metrics": summarise(rows), "lpips": lpips_reason or "computed",
                "image_size": config.image_size, "held_out": len({r["id"] for r in rows}),
                "gaussians": gaussians.NUM_PATCHES * config.gaussians_per_patch}  # fmt: skip
-    _write_outputs(out_dir, rows, summary, torch.cat(pictures))
+    metrics.write_table(out_dir, rows, summary, markdown_table(summary))
+    save_png(to_image(list(torch.cat(pictures))), out_dir / "held_out.png")
+    _save_plot(out_dir / "psnr.png", summary)
     return summary
 
 
-def _write_outputs(out_dir: Path, rows, summary, pictures) -> None:
-    with atomic_path(out_dir / "per_image.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", "method", "psnr", "ssim", "lpips"])
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json(out_dir / "metrics.json", summary)
-    write_bytes(out_dir / "table.md", markdown_table(summary).encode())
-    _save_picture(out_dir / "held_out.png", pictures)
-    _save_plot(out_dir / "psnr.png", summary)
-
-
 def markdown_table(summary: dict) -> str:
-    lines = [f"Held-out images: {summary['held_out']} at {summary['image_size']}px; "
-             f"{summary['gaussians']} Gaussians; LPIPS: {summary['lpips']}", "",
-             "| method | PSNR mean | PSNR median | PSNR p10 | SSIM mean | SSIM median | SSIM p10 |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The held-out table: a note line, then one row per method."""
+    note = (f"Held-out images: {summary['held_out']} at {summary['image_size']}px; "
+            f"{summary['gaussians']} Gaussians; LPIPS: {summary['lpips']}")  # fmt: skip
+    rows = []
     for method in METHODS:
         p, s = summary["metrics"][f"{method}/psnr"], summary["metrics"][f"{method}/ssim"]
-        lines.append(f"| {method} | {p['mean']:.2f} | {p['median']:.2f} | {p['p10']:.2f} | "
-                     f"{s['mean']:.4f} | {s['median']:.4f} | {s['p10']:.4f} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _save_picture(path: Path, pictures: torch.Tensor) -> None:
-    """Rows: target | decoder | untrained | bicubic."""
-    from PIL import Image
-
-    grid = torch.cat(list(pictures), dim=1).permute(1, 2, 0).numpy()
-    with atomic_path(path) as tmp:
-        Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
+        rows.append([method, *(f"{p[k]:.2f}" for k in ("mean", "median", "p10")),
+                     *(f"{s[k]:.4f}" for k in ("mean", "median", "p10"))])  # fmt: skip
+    return metrics.markdown_table(HEADER, rows, note=note)
 
 
 def _save_plot(path: Path, summary: dict) -> None:
@@ -159,4 +133,4 @@ def _save_plot(path: Path, summary: dict) -> None:
 
 
 def load_summary(out_dir) -> dict:
-    return json.loads((Path(out_dir) / "metrics.json").read_text())
+    return json.loads((Path(out_dir) / metrics.SUMMARY).read_text())

@@ -16,18 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fresnel import metrics
+from fresnel.data.shards import ShardStream
 from fresnel.decoder import gaussians
 from fresnel.decoder.config import TrainConfig
-from fresnel.decoder.train import (
-    batches,
-    make_model,
-    psnr,
-    render_batch,
-    split_ids,
-)
+from fresnel.decoder.train import batches, make_model, render_batch, split_ids
 from fresnel.io import DINOV2_SHAPE, atomic_path, read_f32_bin, sha256_file, write_bytes
 from fresnel.render import TileBasedRenderer
-from fresnel.data.shards import ShardStream
+from fresnel.training import read_checkpoint
+from fresnel.training.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +37,11 @@ class ExportParityError(RuntimeError):
 
 
 def load_checkpoint(path) -> tuple[torch.nn.Module, TrainConfig]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """The decoder (eval mode) and its training config from a checkpoint of `train`; the
+    final weights of a run are `final_checkpoint(run_dir, checkpoint_names(experiment))`."""
+    state = read_checkpoint(path)
+    if "model" not in state:
+        raise CheckpointError(f"{path}: holds no 'model' weights; not a decoder checkpoint")
     config = TrainConfig.from_dict(state["config"])
     model = make_model(config)
     model.load_state_dict(state["model"])
@@ -67,7 +68,7 @@ def parity(model, onnx_path, features, depth, resolution: int) -> dict:
         b = render_batch(renderer, got, resolution).clamp(0, 1)
     return {
         "max_abs_diff": float((got - expected).abs().max()),
-        "render_psnr_db": float(psnr(b, a).min()),
+        "render_psnr_db": float(metrics.psnr(b, a).min()),
     }
 
 

@@ -5,15 +5,20 @@ renderer at the epoch's HFTS plan, minimise the photometric loss, then render th
 images with every Gaussian at full resolution and log PSNR/SSIM. Deterministic on CPU:
 model init, data order and stochastic sampling all derive from the seed and the epoch, so a
 resumed run reproduces an uninterrupted one exactly.
+
+AMP, checkpoints, seeding and the run log are `fresnel.training`'s. Every epoch writes
+decoder_expN_last.pt (a finished run's final weights), a better held-out PSNR
+decoder_expN_best.pt, and every save_interval-th and the last epoch decoder_expN_epochE.pt;
+checkpoints hold no wall-clock values (two identical runs write identical bytes). The run
+directory also gets history.json, curves.png, tensorboard/, dvclive/ and the held-out
+pictures renders.png and renders/epoch_NNNN.png.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +27,45 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fresnel import device as devices
+from fresnel import metrics
+from fresnel.config import to_dict
+from fresnel.data.shards import ShardStream, read_manifest
 from fresnel.decoder import fresnel_zones, gaussians
 from fresnel.decoder.config import TrainConfig
 from fresnel.decoder.gaussians import select_per_patch
 from fresnel.decoder.hfts import EpochPlan, importance_sample, plan_epoch
-from fresnel.decoder.losses import PhotometricLoss, ssim_value, vlm_weight_map
+from fresnel.decoder.losses import PhotometricLoss, vlm_weight_map
 from fresnel.decoder.models import build_decoder
-from fresnel.io import atomic_path
+from fresnel.decoder.pictures import log_renders
 from fresnel.render import Camera, TileBasedRenderer
-from fresnel.data.shards import ShardStream, read_manifest
+from fresnel.training import (
+    Amp,
+    Checkpointer,
+    CheckpointNames,
+    Panel,
+    Progress,
+    RunLog,
+    TrainingDiverged,
+    epoch_generator,
+    final_checkpoint,
+    read_checkpoint,
+)
+from fresnel.training.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
+PANELS = (
+    Panel("training loss", ("train_loss",), log_scale=True),
+    Panel("held-out PSNR (dB)", ("val_psnr",)),
+    Panel("held-out SSIM", ("val_ssim",)),
+)
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradients became NaN/Inf."""
+
+def checkpoint_names(experiment: int) -> CheckpointNames:
+    """The checkpoint files of decoder experiment N (the guide's decoder_expN_epochE.pt)."""
+    stem = f"decoder_exp{experiment}"
+    return CheckpointNames(last=f"{stem}_last.pt", best=f"{stem}_best.pt",
+                           periodic=f"{stem}_epoch{{epoch}}.pt")  # fmt: skip
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:
@@ -124,12 +153,6 @@ def pixel_weights(batch: dict, config: TrainConfig, resolution: int):
     return weight
 
 
-def psnr(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of (B, 3, H, W) images in [0, 1]."""
-    mse = (render.clamp(0, 1) - target).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, shard_dir, output_dir, target: str = "cpu"):
         self.config = config
@@ -138,7 +161,7 @@ class Trainer:
         self.device = self.target.torch_device()
         self.model = make_model(config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.scaler = torch.amp.GradScaler(enabled=self.target.grad_scaler)
+        self.amp = Amp(self.target, enabled=config.use_amp)
         self.loss = PhotometricLoss(
             config.l1_weight, config.ssim_weight, config.lpips_weight, config.lpips_backbone
         ).to(self.device)
@@ -147,37 +170,41 @@ class Trainer:
             shard_dir, config.val_fraction, config.seed, config.max_images
         )
         self.stream = ShardStream(shard_dir, seed=config.seed)
-        self.epoch = 0  # epochs completed
-        self.history: list[dict] = []
+        self.checkpoints = Checkpointer(self.output_dir, checkpoint_names(config.experiment),
+                                        model=self.model, optimizer=self.optimizer,
+                                        scaler=self.amp.scaler)  # fmt: skip
+        self.progress = Progress()  # progress.epoch: epochs completed
+        self.last_good: Path | None = None  # the checkpoint of the last completed epoch
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.output_dir / f"decoder_exp{self.config.experiment}_epoch{epoch}.pt"
-
-    def state(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "config": asdict(self.config),
-            "history": self.history,
-        }
-
-    def save(self, path: Path, state: dict | None = None) -> Path:
-        with atomic_path(path) as tmp:
-            torch.save(state or self.state(), tmp)
-        return path
-
     def resume(self, path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["config"]["experiment"] != self.config.experiment:
-            raise ValueError(f"{path} is experiment {state['config']['experiment']}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.history = state["epoch"], state["history"]
-        log.info("resumed from %s after epoch %d", path, self.epoch)
+        state = read_checkpoint(path, map_location=self.device)
+        experiment = state["config"].get("experiment")
+        if experiment != self.config.experiment:
+            raise CheckpointError(
+                f"{path}: a checkpoint of decoder experiment {experiment}, not {self.config.experiment}"
+            )
+        self.progress, _ = self.checkpoints.restore(state, path)
+        self.last_good = Path(path)
+        log.info("resumed from %s after epoch %d", path, self.progress.epoch)
+
+    def save_epoch(self, record: dict) -> None:
+        """Count the epoch done and write its checkpoints (see module doc)."""
+        improved = self.progress.finish_epoch(record, monitored=-record["val_psnr"])
+        epoch, every = self.progress.epoch, self.config.save_interval
+        periodic = epoch == self.config.epochs or bool(every and epoch % every == 0)
+        written = self.checkpoints.save_epoch(self.progress, to_dict(self.config),
+                                              improved=improved, periodic=periodic)  # fmt: skip
+        self.last_good = written["last"]
+
+    def diverged(self, epoch: int, exc: TrainingDiverged) -> TrainingDiverged:
+        if self.last_good is None:
+            where = "no epoch had completed, so there is no last good checkpoint yet"
+        else:
+            where = (f"the last good weights (after epoch {self.progress.epoch}) are in "
+                     f"{self.last_good}")  # fmt: skip
+        return TrainingDiverged(f"training diverged in epoch {epoch + 1}: {exc}; {where}; "
+                                "lower --lr or check the data")  # fmt: skip
 
     # ------------------------------------------------------------------ steps
     def plan(self, epoch: int) -> EpochPlan:
@@ -187,7 +214,7 @@ class Trainer:
                           progressive=c.progressive_schedule, stochastic_k=c.stochastic_k)  # fmt: skip
 
     def predict(self, batch: dict, k_active: int | None = None) -> torch.Tensor:
-        with self.target.autocast():
+        with self.amp.autocast():
             packed = self.model(batch["dinov2"].to(self.device), batch["depth"].to(self.device))
         packed = packed.float()
         k_total = self.config.gaussians_per_patch
@@ -202,16 +229,8 @@ class Trainer:
         render = render_batch(self.renderer, packed, plan.resolution, plan.stochastic_k, generator)
         target = resize_targets(batch["image"].to(self.device), plan.resolution)
         total, parts = self.loss(render, target, pixel_weights(batch, self.config, plan.resolution))
-        if not torch.isfinite(total):
-            raise TrainingDiverged(f"loss is {float(total)}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if not torch.isfinite(norm) and not self.target.grad_scaler:
-            raise TrainingDiverged(f"gradient norm is {float(norm)}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.amp.step(total, self.optimizer, self.model.parameters(), clip=self.config.grad_clip)
+        self.progress.global_step += 1
         return {"loss": float(total.detach()), **parts}
 
     @torch.no_grad()
@@ -223,11 +242,8 @@ class Trainer:
         for batch in batches(self.stream, self.val_ids, self.config.batch_size):
             render = render_batch(self.renderer, self.predict(batch), self.config.image_size)
             target = resize_targets(batch["image"].to(self.device), self.config.image_size)
-            psnrs += psnr(render, target).tolist()
-            ssims += [
-                float(ssim_value(r[None].clamp(0, 1), t[None]))
-                for r, t in zip(render, target, strict=True)
-            ]
+            psnrs += metrics.psnr(render, target).tolist()
+            ssims += metrics.ssim(render.clamp(0, 1), target, per_item=True).tolist()
             sample = sample or (render.cpu(), target.cpu())
         self.model.train()
         return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}, sample
@@ -235,7 +251,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> dict:
         plan = self.plan(epoch)
         self.stream.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        generator = epoch_generator(self.config.seed, epoch)
         started = time.perf_counter()
         losses = []
         steps = batches(self.stream, self.train_ids, self.config.batch_size)
@@ -248,39 +264,29 @@ class Trainer:
                 "epoch_seconds": time.perf_counter() - started}  # fmt: skip
 
 
-def final_checkpoint(run_dir) -> Path:
-    """The checkpoint of the last epoch in a training output directory."""
-    found = list(Path(run_dir).glob("decoder_exp*_epoch*.pt"))
-    if not found:
-        raise FileNotFoundError(f"{run_dir}: no decoder_exp*_epoch*.pt checkpoint")
-    return max(found, key=lambda p: int(p.stem.rsplit("epoch", 1)[1]))
-
-
-def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None, loggers=()):
-    """Train for config.epochs; returns the final metrics. See module doc."""
+def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None) -> dict:
+    """Train for config.epochs (continuing `resume`, a checkpoint, when given); returns the
+    final checkpoint's path and the last epoch's record. See module doc."""
     trainer = Trainer(config, shard_dir, output_dir, target)
     if resume:
         trainer.resume(resume)
-    last_good = copy.deepcopy(trainer.state())
-    for epoch in range(trainer.epoch, config.epochs):
-        try:
-            metrics = trainer.run_epoch(epoch)
-        except TrainingDiverged as exc:
-            path = trainer.save(trainer.output_dir / f"decoder_exp{config.experiment}_last_good.pt",
-                                last_good)  # fmt: skip
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch + 1}: {exc}; the last good weights "
-                f"(after epoch {last_good['epoch']}) are in {path}; lower --lr or check the data"
-            ) from exc
-        val, sample = trainer.validate(epoch)
-        metrics.update(val)
-        trainer.epoch = epoch + 1
-        trainer.history.append(metrics)
-        for logger in loggers:
-            logger.log_epoch(metrics, sample)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
-        if config.save_interval and trainer.epoch % config.save_interval == 0:
-            trainer.save(trainer.checkpoint_path(trainer.epoch))
-        last_good = copy.deepcopy(trainer.state())
-    final = trainer.save(trainer.checkpoint_path(trainer.epoch))
-    return {"checkpoint": str(final), **(trainer.history[-1] if trainer.history else {})}
+    runlog = RunLog(trainer.output_dir, resume_epoch=trainer.progress.epoch, panels=PANELS,
+                    dvclive=True)  # fmt: skip
+    try:
+        for epoch in range(trainer.progress.epoch, config.epochs):
+            try:
+                record = trainer.run_epoch(epoch)
+            except TrainingDiverged as exc:
+                raise trainer.diverged(epoch, exc) from exc
+            val, sample = trainer.validate(epoch)
+            record.update(val)
+            if sample is not None:
+                log_renders(runlog, epoch + 1, *sample)
+            runlog.epoch(record)
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+            trainer.save_epoch(record)
+    finally:
+        runlog.close()
+    last = runlog.records[-1:] or trainer.progress.history[-1:]
+    checkpoint = final_checkpoint(trainer.output_dir, trainer.checkpoints.names)
+    return {"checkpoint": str(checkpoint), **(last[0] if last else {})}

@@ -47,7 +47,7 @@ def _teacher_infer(args) -> None:
 
 def _student_train(args) -> None:
     from fresnel.pbr.distill import train_student
-    from fresnel.pbr.student import apply_overrides, get_student_config
+    from fresnel.pbr.student_config import apply_overrides, get_student_config
 
     cfg = get_student_config(args.config)
     flags = ("epochs", "batch_size", "alpha", "temperature")

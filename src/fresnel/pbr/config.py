@@ -19,11 +19,13 @@ Decisions where the guide is silent:
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fresnel import config as kit
+from fresnel.config import ConfigError
+from fresnel.images import IMAGENET_MEAN, IMAGENET_STD
 
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 ENCODER_TYPES = ("resnet", "unet")
@@ -31,13 +33,6 @@ SCHEDULERS = ("cosine", "step", "plateau", "none")
 GAN_LOSS_TYPES = ("hinge", "bce")
 DISCRIMINATOR_NORMS = ("spectral", "instance", "none")
 DEVICES = ("auto", "cpu", "cuda", "rocm", "mps")
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-PRESETS = ("default", "quick_test", "lightweight", "tiny")
-
-
-class ConfigError(ValueError):
-    """An invalid option value, an unknown option name or an unusable config file."""
 
 
 @dataclass
@@ -139,7 +134,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists, numbers, strings): safe for weights_only checkpoints."""
-        return asdict(self)
+        return kit.to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -212,55 +207,8 @@ def _validate_rest(cfg: TrainConfig) -> None:
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
-    """Set options from a nested dict ({"model": {"use_gan": False}}) or dotted keys
-    ({"model.use_gan": False}); an unknown section or option is an error naming it."""
-    for key, value in overrides.items():
-        if "." in key:
-            section, _, rest = key.partition(".")
-            _set(cfg, [section, *rest.split(".")], value)
-        elif isinstance(value, dict):
-            for sub, subval in _flatten(value, [key]):
-                _set(cfg, sub, subval)
-        else:
-            _set(cfg, [key], value)
-    return cfg.validate()
-
-
-def _flatten(values: dict, prefix: list[str]):
-    for key, value in values.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, [*prefix, key])
-        else:
-            yield [*prefix, key], value
-
-
-def _set(cfg: TrainConfig, path: list[str], value: Any) -> None:
-    target = cfg
-    for depth, name in enumerate(path):
-        names = {f.name for f in fields(target)}
-        if name not in names:
-            where = ".".join(path[:depth]) or "config"
-            raise ConfigError(
-                f"unknown option {'.'.join(path)!r}: {where} has no field {name!r} "
-                f"(known: {', '.join(sorted(names))})"
-            )
-        if depth == len(path) - 1:
-            if is_dataclass(getattr(target, name)):
-                raise ConfigError(f"{'.'.join(path)!r} is a section; set its fields instead")
-            setattr(target, name, _coerce(getattr(target, name), value))
-        else:
-            target = getattr(target, name)
-            if not is_dataclass(target):
-                raise ConfigError(f"{'.'.join(path[: depth + 1])!r} is not a section")
-
-
-def _coerce(current: Any, value: Any) -> Any:
-    """Keep option types stable: ints for float options become floats, tuples become lists."""
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return copy.deepcopy(value)
+    """fresnel.config.apply_overrides (nested dicts or dotted keys), then validated."""
+    return kit.apply_overrides(cfg, overrides).validate()
 
 
 def default_config() -> TrainConfig:
@@ -320,7 +268,7 @@ def tiny_config() -> TrainConfig:
     return cfg
 
 
-_PRESET_BUILDERS = {
+PRESETS = {
     "default": default_config,
     "quick_test": quick_test_config,
     "lightweight": lightweight_config,
@@ -329,30 +277,5 @@ _PRESET_BUILDERS = {
 
 
 def get_config(name_or_path: str | Path = "default") -> TrainConfig:
-    """A preset by name, or the `get_config()` of a Python config file."""
-    key = str(name_or_path)
-    if key in _PRESET_BUILDERS:
-        return _PRESET_BUILDERS[key]().validate()
-    path = Path(key)
-    if path.suffix != ".py":
-        raise ConfigError(f"unknown config {key!r}: use one of {', '.join(PRESETS)} or a .py file")
-    return load_config_file(path)
-
-
-def load_config_file(path: str | Path) -> TrainConfig:
-    """Run a config file and return its `get_config()` (a TrainConfig)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    spec = importlib.util.spec_from_file_location(f"_pbr_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"{path}: defines no get_config() function returning a TrainConfig")
-    cfg = module.get_config()
-    if not isinstance(cfg, TrainConfig):
-        raise ConfigError(
-            f"{path}: get_config() returned {type(cfg).__name__}, expected "
-            "fresnel.pbr.config.TrainConfig"
-        )
-    return cfg.validate()
+    """A preset by name, or the `get_config()` of a Python config file (validated)."""
+    return kit.get_config(name_or_path, PRESETS, TrainConfig).validate()

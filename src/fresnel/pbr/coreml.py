@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fresnel.pbr.data import IMAGENET_MEAN, IMAGENET_STD
-from fresnel.pbr.student import MAP_CHANNELS, NUM_VIEWS, PBRStudent, load_student
+from fresnel.images import IMAGENET_MEAN, IMAGENET_STD
+from fresnel.pbr.maps import MAP_CHANNELS, NUM_VIEWS
+from fresnel.pbr.student import PBRStudent, load_student
 
 INPUT_NAMES = tuple(f"view_{i}" for i in range(NUM_VIEWS))
 OUTPUT_NAMES = tuple(MAP_CHANNELS)

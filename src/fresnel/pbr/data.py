@@ -26,11 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fresnel.images import load_rgb
+from fresnel.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb
 from fresnel.pbr.maps import MAPS, join_maps, load_material, resize_chw
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VIEW_FILES = ("0.png", "1.png", "2.png")
 SOURCES = ("clean", "dirty")
 CURRICULUM_SOURCES = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}

@@ -2,11 +2,8 @@
 
 Metrics, per sample (maps are dicts of [B,C,H,W] tensors, fresnel.pbr.maps conventions):
 - per map: PSNR, SSIM, MAE, RMSE on values in [0,1]; the normal map is compared in its
-  PNG encoding n * 0.5 + 0.5. PSNR uses data range 1 and is capped at PSNR_CAP_DB
-  (100 dB), so a perfect prediction scores 100 instead of infinity.
-- SSIM: pytorch_msssim.ssim (Gaussian window 11, sigma 1.5, K = (0.01, 0.03), data
-  range 1, averaged over channels); images smaller than 11 px use the largest odd window
-  that fits.
+  PNG encoding n * 0.5 + 0.5. PSNR and SSIM are fresnel.metrics' (per image, data range 1,
+  PSNR capped at PSNR_CAP_DB = 100 dB, SSIM in float64 with its window rule).
 - normal angle in degrees between unit normals, atan2(|a x b|, a.b) (accurate near 0),
   summarised per sample by the mean, median and 90th percentile over pixels.
 - re-render error: both map sets shaded under held-out lightings (shader.heldout_lighting,
@@ -21,7 +18,6 @@ nothing about the input.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -29,20 +25,22 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from pytorch_msssim import ssim
 from tqdm import tqdm
 
-from fresnel.io import atomic_path, reset_dir, write_bytes, write_json
+from fresnel import metrics
+from fresnel.images import IMAGENET_MEAN, IMAGENET_STD
+from fresnel.io import atomic_path, reset_dir
+from fresnel.metrics import PSNR_CAP_DB, mse_to_psnr
 from fresnel.pbr import data
 from fresnel.pbr.maps import MAPS, encode_normal, normalize_normals, split_maps
 from fresnel.pbr.shader import Lighting, heldout_lighting, render, to_display
 from fresnel.pbr.student import load_student, read_student_checkpoint
-from fresnel.pbr.teacher import load_generator, read_checkpoint
+from fresnel.pbr.teacher import load_generator
 from fresnel.pbr.teacher_shards import resize_maps
+from fresnel.training import read_checkpoint
 
 log = logging.getLogger(__name__)
 
-PSNR_CAP_DB = 100.0
 SSIM_IMPL = "pytorch_msssim.ssim (window 11, sigma 1.5, data range 1)"
 ANGLE_STATS = ("mean", "median", "p90")
 TABLE_COLUMNS = (
@@ -66,30 +64,12 @@ def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(dim=1)
 
 
-def mse_to_psnr(mse: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB from MSE, capped at PSNR_CAP_DB (MSE 0 -> the cap)."""
-    floor = data_range**2 * 10 ** (-PSNR_CAP_DB / 10)
-    return (10 * torch.log10(data_range**2 / mse.clamp_min(floor))).clamp_max(PSNR_CAP_DB)
-
-
-def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-sample PSNR [B] of [B,C,H,W] images, capped at PSNR_CAP_DB."""
-    return mse_to_psnr(_per_sample_mean((pred.double() - gt.double()) ** 2), data_range)
-
-
 def mae(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean((pred.double() - gt.double()).abs())
 
 
 def rmse(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean((pred.double() - gt.double()) ** 2).sqrt()
-
-
-def ssim_per_sample(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-sample SSIM [B] (pytorch_msssim, data range 1; window shrunk for tiny images)."""
-    side = min(pred.shape[-2:])
-    window = min(11, side if side % 2 else side - 1)
-    return ssim(pred.double(), gt.double(), data_range=1.0, size_average=False, win_size=window)
 
 
 def normal_angles(pred_normal: torch.Tensor, gt_normal: torch.Tensor) -> torch.Tensor:
@@ -129,8 +109,8 @@ def map_metrics(pred: MapDict, gt: MapDict) -> dict[str, torch.Tensor]:
     out = {}
     for name in MAPS:
         p, g = _comparable(name, pred[name]), _comparable(name, gt[name])
-        out[f"{name}_psnr"] = psnr(p, g)
-        out[f"{name}_ssim"] = ssim_per_sample(p, g)
+        out[f"{name}_psnr"] = metrics.psnr(p, g)
+        out[f"{name}_ssim"] = metrics.ssim(p.double(), g.double(), per_item=True)
         out[f"{name}_mae"] = mae(p, g)
         out[f"{name}_rmse"] = rmse(p, g)
     out.update(normal_angle_stats(pred["normal"], gt["normal"]))
@@ -211,13 +191,13 @@ def _batches(n: int, batch_size: int) -> Iterable[list[int]]:
 
 
 def _rows_for_batch(dataset, indices, pred: MapDict, gt: MapDict, lighting) -> list[dict]:
-    metrics = map_metrics(pred, gt)
-    metrics.update(rerender_error(pred, gt, lighting))
+    values = map_metrics(pred, gt)
+    values.update(rerender_error(pred, gt, lighting))
     rows = []
     for j, index in enumerate(indices):
         sample, source = dataset.entries[index]
         row = {"sample": sample, "source": source, "material": dataset.material_of(sample)}
-        row.update({k: float(v[j]) for k, v in metrics.items()})
+        row.update({k: float(v[j]) for k, v in values.items()})
         rows.append(row)
     return rows
 
@@ -276,31 +256,18 @@ def summarize(rows: list[dict]) -> dict:
 # ---------------------------------------------------------------------- report
 
 
-def _write_csv(rows_by_model: dict[str, list[dict]], path: Path) -> None:
-    fields = ["model"]
-    for rows in rows_by_model.values():
-        for row in rows:
-            fields += [k for k in row if k not in fields]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for model, rows in rows_by_model.items():
-            for row in rows:
-                writer.writerow({"model": model, **row})
-
-
 def _table_markdown(summaries: dict[str, dict]) -> str:
     header = ["model", *(label for _, label in TABLE_COLUMNS), "samples"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model, summary in summaries.items():
-        cells = [f"{summary[key]:.2f}" for key, _ in TABLE_COLUMNS]
-        lines.append("| " + " | ".join([model, *cells, str(summary["n_samples"])]) + " |")
-    notes = (
-        f"\nPSNR in dB (data range 1, capped at {PSNR_CAP_DB:.0f} dB; normal map compared in its "
+    rows = [
+        [model, *(f"{summary[key]:.2f}" for key, _ in TABLE_COLUMNS), str(summary["n_samples"])]
+        for model, summary in summaries.items()
+    ]
+    footer = (
+        f"PSNR in dB (data range 1, capped at {PSNR_CAP_DB:.0f} dB; normal map compared in its "
         "[0,1] PNG encoding). Angles in degrees, per-sample statistics averaged over samples. "
-        "Re-render PSNR: display-space renders under held-out lights.\n"
+        "Re-render PSNR: display-space renders under held-out lights."
     )
-    return "\n".join(lines) + "\n" + notes
+    return metrics.markdown_table(header, rows, footer=footer)
 
 
 def _bar_chart(summaries: dict[str, dict], path: Path) -> None:
@@ -327,28 +294,21 @@ def _bar_chart(summaries: dict[str, dict], path: Path) -> None:
 
 
 def write_report(rows_by_model: dict[str, list[dict]], out_dir: str | os.PathLike) -> dict:
-    """Write per_sample.csv, summary.json, table.md and metrics.png; return their paths."""
+    """Write per_item.csv (one row per model and sample), summary.json, table.md
+    (fresnel.metrics.write_table) and metrics.png; return their paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summaries = {model: summarize(rows) for model, rows in rows_by_model.items()}
-    paths = {
-        "per_sample": out_dir / "per_sample.csv",
-        "summary": out_dir / "summary.json",
-        "table": out_dir / "table.md",
-        "chart": out_dir / "metrics.png",
+    summary = {
+        "models": summaries,
+        "psnr_cap_db": PSNR_CAP_DB,
+        "ssim": SSIM_IMPL,
+        "normal_map_metrics": "PSNR/SSIM/MAE/RMSE on the [0,1] encoding n*0.5+0.5",
+        "summary": "mean over samples of per-sample values",
     }
-    _write_csv(rows_by_model, paths["per_sample"])
-    write_json(
-        paths["summary"],
-        {
-            "models": summaries,
-            "psnr_cap_db": PSNR_CAP_DB,
-            "ssim": SSIM_IMPL,
-            "normal_map_metrics": "PSNR/SSIM/MAE/RMSE on the [0,1] encoding n*0.5+0.5",
-            "summary": "mean over samples of per-sample values",
-        },
-    )
-    write_bytes(paths["table"], _table_markdown(summaries).encode())
+    rows = [{"model": model, **row} for model, model_rows in rows_by_model.items()
+            for row in model_rows]  # fmt: skip
+    paths = metrics.write_table(out_dir, rows, summary, _table_markdown(summaries))
+    paths["chart"] = out_dir / "metrics.png"
     _bar_chart(summaries, paths["chart"])
     return paths
 
@@ -400,8 +360,8 @@ def evaluate_models(data_root, teacher_ckpt, student_ckpt, out_dir, heldout_ligh
     """Score teacher, student and mean-map baseline on held-out materials; write the report."""
     teacher, tcfg = load_generator(teacher_ckpt, device)
     student, scfg = load_student(student_ckpt, device)
-    teacher_split = read_checkpoint(teacher_ckpt)["split"]
-    student_split = read_student_checkpoint(student_ckpt)["split"]
+    teacher_split = read_checkpoint(teacher_ckpt)["extra"]["split"]
+    student_split = read_student_checkpoint(student_ckpt)["extra"]["split"]
     samples = held_out_samples(teacher_split, student_split, teacher_ckpt, student_ckpt)
     train_samples = teacher_split["train"]
     mean, std, curriculum = tcfg.transform.mean, tcfg.transform.std, tcfg.curriculum
@@ -410,7 +370,7 @@ def evaluate_models(data_root, teacher_ckpt, student_ckpt, out_dir, heldout_ligh
     train_set = _dataset(data_root, train_samples, None, gt_size, mean, std, curriculum)
     baseline = mean_map_baseline(material_targets(train_set))
     rows = {}
-    student_norm = (data.IMAGENET_MEAN, data.IMAGENET_STD)  # the student's fixed preprocessing
+    student_norm = (IMAGENET_MEAN, IMAGENET_STD)  # the student's fixed preprocessing
     for name, model, size, (norm_mean, norm_std) in (
         ("teacher", teacher, tcfg.data.image_size, (mean, std)),
         ("student", student, scfg.data.image_size, student_norm),

@@ -21,11 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fresnel.images import save_png
+from fresnel.images import IMAGENET_MEAN, IMAGENET_STD, save_png
 from fresnel.io import write_json
 from fresnel.pbr.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     PBRDataset,
     dataset_dirs,
     denormalize_views,
@@ -33,7 +31,8 @@ from fresnel.pbr.data import (
     normalize_views,
 )
 from fresnel.pbr.maps import save_maps, split_maps, to_uint8
-from fresnel.pbr.teacher import load_generator, read_checkpoint
+from fresnel.pbr.teacher import load_generator
+from fresnel.training import read_checkpoint
 
 
 @dataclass

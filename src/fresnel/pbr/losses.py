@@ -2,7 +2,7 @@
 
 total = w_l1 * (w_albedo*L1_albedo + w_roughness*L1_roughness + w_metallic*L1_metallic
                 + w_normal_map*L1_normal)
-      + w_ssim * (1 - SSIM(albedo))            (pytorch_msssim, data range 1)
+      + w_ssim * (1 - SSIM(albedo))            (fresnel.metrics.ssim)
       + w_normal * mean(1 - cos(pred_normal, gt_normal))   (the normal angular term)
       + w_gan * adversarial generator term     (only when the GAN is active)
 
@@ -12,29 +12,18 @@ in degrees is reported alongside as a metric. Losses are computed in float32 wit
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ssim
 
+from fresnel import metrics
 from fresnel.pbr.config import LossConfig
 from fresnel.pbr.discriminator import g_loss
 from fresnel.pbr.maps import MAPS, split_maps
-
-SSIM_WINDOW = 11
 
 
 def as_map_dict(maps: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
     """Accept the model's output dict or a packed [B, 8, H, W] target."""
     return split_maps(maps) if isinstance(maps, torch.Tensor) else maps
-
-
-def ssim_value(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of [B, C, H, W] images in [0, 1] (window shrunk for images under 11 px)."""
-    window = min(SSIM_WINDOW, *pred.shape[-2:])
-    window -= 1 - window % 2  # odd
-    return ssim(pred.float(), target.float(), data_range=1.0, size_average=True, win_size=window)
 
 
 def normal_cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -49,11 +38,6 @@ def normal_angles_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def mean_normal_angle_deg(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(normal_angles_deg(pred, target).mean())
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
-    mse = float(F.mse_loss(pred.float(), target.float()))
-    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
 class HybridLoss:
@@ -90,7 +74,7 @@ class HybridLoss:
     def _compute(self, pred, target, d_fake):
         parts = {f"l1_{k}": F.l1_loss(pred[k].float(), target[k].float()) for k in MAPS}
         l1 = sum(self.map_weights[k] * parts[f"l1_{k}"] for k in MAPS)
-        ssim_albedo = ssim_value(pred["albedo"], target["albedo"])
+        ssim_albedo = metrics.ssim(pred["albedo"], target["albedo"])
         cosine = normal_cosine(pred["normal"], target["normal"])
         normal_term = (1.0 - cosine).mean()
         total = self.cfg.w_l1 * l1 + self.cfg.w_ssim * (1 - ssim_albedo)

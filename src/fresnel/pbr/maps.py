@@ -23,16 +23,17 @@ from PIL import Image
 from fresnel.images import BadImage, load_rgb, save_png
 
 MAPS = ("albedo", "roughness", "metallic", "normal")
-CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
-TARGET_CHANNELS = sum(CHANNELS.values())
+MAP_CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
+TARGET_CHANNELS = sum(MAP_CHANNELS.values())
+NUM_VIEWS = 3  # every model input is three renders of one material
 GREY_MAPS = ("roughness", "metallic")
 
 
 def _slices() -> dict[str, slice]:
     out, start = {}, 0
     for name in MAPS:
-        out[name] = slice(start, start + CHANNELS[name])
-        start += CHANNELS[name]
+        out[name] = slice(start, start + MAP_CHANNELS[name])
+        start += MAP_CHANNELS[name]
     return out
 
 

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from fresnel.io import atomic_path, sha256_file
-from fresnel.pbr.student import MAP_CHANNELS, NUM_VIEWS, PBRStudent, load_student
+from fresnel.pbr.maps import MAP_CHANNELS, NUM_VIEWS
+from fresnel.pbr.student import PBRStudent, load_student
 
 INPUT_NAME = "views"
 OUTPUT_NAMES = tuple(MAP_CHANNELS)

@@ -1,4 +1,4 @@
-"""The distilled NeuroPBR student: a mobile-sized multi-view PBR network and its configs.
+"""The distilled NeuroPBR student: a mobile-sized multi-view PBR network and its checkpoints.
 
 Architecture (one encoder shared by the three views, fusion at the bottleneck, one decoder):
 
@@ -27,25 +27,29 @@ shared contract: `convattn_student` is 512 -> 1024 with SR x2, so it trains on t
 teacher shards as the ViT student. Run it at 1024 -> 1024 by overriding data.image_size=1024,
 model.use_sr=False (the converter's --test-resolution 1024 does the same at export time).
 
-SR can be bypassed at run time (`forward(views, use_sr=False)`): the heads then read the
+Options and presets live in fresnel.pbr.student_config. SR can be bypassed at run time (`forward(views, use_sr=False)`): the heads then read the
 decoder's full-resolution features and the output side equals the input side.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("mobilenetv3_vit", "convattn")
-NUM_VIEWS = 3
-ENCODER_STRIDE = 32
-MAP_CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
+from fresnel.device import resolve
+from fresnel.pbr.maps import MAP_CHANNELS, NUM_VIEWS
+from fresnel.pbr.student_config import (
+    ARCHS,
+    ENCODER_STRIDE,
+    StudentConfig,
+    StudentModelConfig,
+    validate,
+)
+from fresnel.training import Checkpointer, Progress, read_checkpoint
 
 # MobileNetV3-Large (Howard et al. 2019, table 1) without the classifier:
 # (kernel, expansion channels, output channels, squeeze-excite, activation, stride)
@@ -69,224 +73,6 @@ MBV3_LARGE = (
 STEM_CHANNELS = 16
 # Decoder widths at strides 32, 16, 8, 4, 2, 1 (before width_mult).
 DECODER_CHANNELS = (128, 96, 64, 40, 24, 16)
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class StudentModelConfig:
-    arch: str = "mobilenetv3_vit"  # "mobilenetv3_vit" | "convattn"
-    width_mult: float = 1.0  # scales encoder and decoder channels (rounded to multiples of 8)
-    transformer_dim: int = 256  # fusion width (ViT token dim, or PLK block width)
-    transformer_depth: int = 2
-    transformer_heads: int = 8
-    transformer_mlp_ratio: float = 4.0
-    attention_grid: int = 0  # max token grid side per view for the ViT; 0 = never pool
-    plk_kernel_size: int = 17
-    plk_blocks: int = 3
-    plk_channel_fraction: float = 0.25  # share of the fusion channels the large kernel sees
-    use_sr: bool = True
-    sr_scale: int = 2
-
-
-@dataclass
-class StudentDataConfig:
-    image_size: int = 512  # student input side
-    output_size: int = 1024  # target side: image_size * sr_scale with SR, else image_size
-
-
-@dataclass
-class StudentTrainingConfig:
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    alpha: float = 0.7  # weight of the teacher term; 1 - alpha goes to the ground truth
-    temperature: float = 1.0
-    seed: int = 42
-    grad_clip_norm: float = 1.0
-    use_amp: bool = True
-    val_ratio: float = 0.1
-
-
-@dataclass
-class StudentLossConfig:
-    w_l1: float = 1.0
-    w_ssim: float = 0.3
-    w_normal: float = 0.5
-
-
-@dataclass
-class StudentConfig:
-    model: StudentModelConfig = field(default_factory=StudentModelConfig)
-    data: StudentDataConfig = field(default_factory=StudentDataConfig)
-    training: StudentTrainingConfig = field(default_factory=StudentTrainingConfig)
-    loss: StudentLossConfig = field(default_factory=StudentLossConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> StudentConfig:
-        cfg = cls()
-        apply_overrides(cfg, values, sync_output_size=False)
-        validate(cfg)
-        return cfg
-
-
-def expected_output_size(cfg: StudentConfig) -> int:
-    scale = cfg.model.sr_scale if cfg.model.use_sr else 1
-    return cfg.data.image_size * scale
-
-
-def validate(cfg: StudentConfig, source: str = "student config") -> StudentConfig:
-    """Raise ValueError naming `source` when the config cannot build a consistent student."""
-    m, problems = cfg.model, []
-    if m.arch not in ARCHS:
-        problems.append(f"model.arch={m.arch!r} is not one of {', '.join(ARCHS)}")
-    if m.transformer_dim % m.transformer_heads:
-        problems.append(
-            f"model.transformer_dim={m.transformer_dim} is not divisible by "
-            f"model.transformer_heads={m.transformer_heads}"
-        )
-    if m.plk_kernel_size % 2 == 0:
-        problems.append(f"model.plk_kernel_size={m.plk_kernel_size} must be odd")
-    if m.use_sr and m.sr_scale < 2:
-        problems.append(f"model.sr_scale={m.sr_scale} must be >= 2 when model.use_sr is true")
-    if cfg.data.image_size % ENCODER_STRIDE:
-        problems.append(f"data.image_size={cfg.data.image_size} is not a multiple of 32")
-    if cfg.data.output_size != expected_output_size(cfg):
-        problems.append(
-            f"data.output_size={cfg.data.output_size} but the model produces "
-            f"{expected_output_size(cfg)} (image_size x sr_scale when use_sr)"
-        )
-    if problems:
-        raise ValueError(f"{source}: " + "; ".join(problems))
-    return cfg
-
-
-def _coerce(current, value, key: str):
-    """Give CLI strings the type of the field they replace."""
-    if isinstance(value, str) and not isinstance(current, str):
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"override {key}={value!r}: expected true or false")
-            return value.lower() in ("true", "1", "yes")
-        try:
-            return type(current)(value)
-        except ValueError as err:
-            raise ValueError(
-                f"override {key}={value!r}: expected {type(current).__name__}"
-            ) from err
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _flatten(overrides: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def apply_overrides(
-    cfg: StudentConfig, overrides: dict, sync_output_size: bool = True
-) -> StudentConfig:
-    """Set values from a nested dict or dotted keys ("model.width_mult"); in place, returned.
-
-    Changing image_size, use_sr or sr_scale without output_size re-derives output_size.
-    """
-    flat = _flatten(overrides)
-    for key, value in flat.items():
-        section_name, _, name = key.partition(".")
-        section = getattr(cfg, section_name, None) if name else None
-        if not is_dataclass(section) or name not in {f.name for f in fields(section)}:
-            raise ValueError(
-                f"unknown student config key {key!r}; sections: model, data, training, loss"
-            )
-        setattr(section, name, _coerce(getattr(section, name), value, key))
-    touched = {"data.image_size", "model.use_sr", "model.sr_scale"} & set(flat)
-    if sync_output_size and touched and "data.output_size" not in flat:
-        cfg.data.output_size = expected_output_size(cfg)
-    return cfg
-
-
-def _preset(arch, image_size, use_sr, epochs, batch_size, **model) -> StudentConfig:
-    cfg = StudentConfig()
-    cfg.model = StudentModelConfig(arch=arch, use_sr=use_sr, **model)
-    cfg.data = StudentDataConfig(image_size=image_size, output_size=0)
-    cfg.data.output_size = expected_output_size(cfg)
-    cfg.training.epochs, cfg.training.batch_size = epochs, batch_size
-    return validate(cfg)
-
-
-def _presets() -> dict:
-    return {
-        # iPhone: 512 input, trained SR head to 1024 (the guide's recommended student).
-        "mobilenetv3_512": lambda: _preset("mobilenetv3_vit", 512, True, 100, 8),
-        # iPhone alternative: PLK bottleneck, same 512 -> 1024 shards (see module docstring).
-        "convattn_student": lambda: _preset("convattn", 512, True, 60, 8),
-        # Desktop: full 2048 resolution, no SR; attention pooled to a 16x16 grid per view.
-        "mobilenetv3_2048": lambda: _preset(
-            "mobilenetv3_vit", 2048, False, 100, 2, attention_grid=16
-        ),
-        # CPU demos and tests.
-        "tiny_student": lambda: _tiny(),
-    }
-
-
-def _tiny() -> StudentConfig:
-    cfg = _preset(
-        "mobilenetv3_vit", 32, True, 3, 2, width_mult=0.25, transformer_dim=32,
-        transformer_depth=1, transformer_heads=2, transformer_mlp_ratio=2.0,
-        plk_kernel_size=7,
-    )  # fmt: skip
-    cfg.training.use_amp = False
-    return cfg
-
-
-PRESETS = tuple(_presets())
-
-
-def load_config_file(path: str | Path) -> StudentConfig:
-    """Run a Python config file and return its `get_config()` (a StudentConfig)."""
-    path = Path(path)
-    if not path.is_file():
-        hint = (
-            f"; the shipped file is configs/pbr/{path.name}, or pass the preset name {path.stem}"
-            if path.stem in PRESETS
-            else f"; presets: {', '.join(PRESETS)}"
-        )
-        raise FileNotFoundError(f"{path}: student config file not found{hint}")
-    spec = importlib.util.spec_from_file_location(f"_student_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path}: a student config file must define get_config()")
-    cfg = module.get_config()
-    if not isinstance(cfg, StudentConfig):
-        raise ValueError(f"{path}: get_config() returned {type(cfg).__name__}, not StudentConfig")
-    return validate(cfg, str(path))
-
-
-def get_student_config(name_or_path: str | Path = "mobilenetv3_512") -> StudentConfig:
-    """A preset by name (also accepted as "<name>.py") or a Python config file path."""
-    name = str(name_or_path)
-    stem = name[:-3] if name.endswith(".py") else name
-    if not Path(name).is_file() and stem in PRESETS:
-        return _presets()[stem]()
-    if Path(name).suffix == ".py" or Path(name).is_file():
-        return load_config_file(name)
-    raise ValueError(
-        f"unknown student config {name!r}: use one of {', '.join(PRESETS)} or a .py file "
-        f"defining get_config()"
-    )
 
 
 # ----------------------------------------------------------------------------- layers
@@ -658,33 +444,26 @@ def parameter_counts(model: PBRStudent) -> dict[str, int]:
     return counts
 
 
-def save_student(path, model: PBRStudent, cfg: StudentConfig, epoch: int, **extra) -> None:
-    """Write a student checkpoint atomically: model_state_dict, config (plain dict), epoch."""
-    from fresnel.io import atomic_path
-
-    state = {"model_state_dict": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch}
-    with atomic_path(path) as tmp:
-        torch.save({**state, **extra}, tmp)
+def save_student(path, model: PBRStudent, cfg: StudentConfig, epoch: int, **extra) -> Path:
+    """Write a student checkpoint (the training kit's layout, model_state_dict) atomically."""
+    path = Path(path)
+    return Checkpointer(path.parent, model_state_dict=model).save(
+        path.name, Progress(epoch=epoch), cfg.to_dict(), extra
+    )
 
 
 def read_student_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: student checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"model_state_dict", "config"} - set(state)
-    if missing:
+    state = read_checkpoint(path)
+    if "model_state_dict" not in state:
         raise ValueError(
-            f"{path}: not a student checkpoint (missing {', '.join(sorted(missing))}); "
-            f"a teacher checkpoint holds generator_state_dict: pass best_student.pth instead"
+            f"{path}: not a student checkpoint (no model_state_dict); a teacher checkpoint "
+            "holds generator_state_dict: pass best_student.pth instead"
         )
     return state
 
 
 def load_student(path, device: str = "cpu") -> tuple[PBRStudent, StudentConfig]:
     """(model in eval mode on `device`, its StudentConfig) from a student checkpoint."""
-    from fresnel.device import resolve
-
     state = read_student_checkpoint(path)
     try:
         cfg = StudentConfig.from_dict(state["config"])

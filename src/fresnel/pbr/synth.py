@@ -35,6 +35,7 @@ from fresnel.images import save_png
 from fresnel.io import link_or_copy, reset_dir, write_json
 from fresnel.pbr.maps import quantize_maps, save_maps, to_uint8
 from fresnel.pbr.shader import Lighting, render, to_display, view_lighting
+from fresnel.training.seeding import epoch_seed
 
 FAMILIES = ("bricks", "tiles", "wood", "brushed_metal", "rusty_metal", "stone", "fabric")
 NOISE_BAND = 64  # highest noise frequency, cycles per tile
@@ -412,7 +413,7 @@ def generate_material(
 
 def sample_seed(seed: int, sample_index: int) -> int:
     """The lighting seed of one sample (view_lighting(sample_seed, view))."""
-    return seed * 100_003 + sample_index
+    return epoch_seed(seed, sample_index)
 
 
 def _blobs(rng: np.random.Generator, size: int, count: int, radius: tuple[float, float]) -> Array:

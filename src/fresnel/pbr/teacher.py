@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fresnel.device import Target, resolve
 from fresnel.pbr.config import ModelConfig, TrainConfig
+from fresnel.pbr.maps import MAP_CHANNELS, NUM_VIEWS
+from fresnel.training import read_checkpoint
 
-N_VIEWS = 3
-MAP_CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
 STEM_CHANNELS = 32  # full-resolution skip added in front of a ResNet when encoder_stride == 1
 
 
@@ -163,7 +164,7 @@ def pool_views(values: torch.Tensor, scores: torch.Tensor, view_bias: torch.Tens
 class ViewPool(nn.Module):
     """Fuse one skip level [B, V, C, H, W] -> [B, C, H, W] with per-pixel view weights."""
 
-    def __init__(self, channels: int, n_views: int = N_VIEWS):
+    def __init__(self, channels: int, n_views: int = NUM_VIEWS):
         super().__init__()
         self.score = nn.Conv2d(channels, 1, 1)
         self.view_bias = nn.Parameter(torch.zeros(n_views))
@@ -177,7 +178,7 @@ class ViewPool(nn.Module):
 class CrossViewTransformer(nn.Module):
     """Joint attention over the bottleneck tokens of all views, then attention pooling."""
 
-    def __init__(self, channels: int, m: ModelConfig, n_views: int = N_VIEWS):
+    def __init__(self, channels: int, m: ModelConfig, n_views: int = NUM_VIEWS):
         super().__init__()
         dim = m.transformer_dim
         self.proj_in = nn.Linear(channels, dim)
@@ -328,7 +329,7 @@ class MultiViewPBRGenerator(nn.Module):
         return [f.reshape(b, v, *f.shape[1:]) for f in feats]
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
-        if views.dim() != 5 or views.shape[1] != N_VIEWS or views.shape[2] != 3:
+        if views.dim() != 5 or views.shape[1] != NUM_VIEWS or views.shape[2] != 3:
             raise ValueError(f"expected views [B, 3, 3, H, W], got {list(views.shape)}")
         feats = self.encode_views(views)
         skips = [pool(f) for pool, f in zip(self.skip_pools, feats[:-1], strict=True)]
@@ -346,30 +347,11 @@ class MultiViewPBRGenerator(nn.Module):
         return out
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """torch.device for an explicit target name; an unavailable target is an error."""
-    if isinstance(device, torch.device):
-        return device
-    from fresnel.device import resolve
-
-    return resolve(device or "cpu").torch_device()
-
-
-def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
-    """torch.load(weights_only=True) with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location=resolve_device(device), weights_only=True)
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise ValueError(f"{path}: not a NeuroPBR checkpoint (no 'config' entry)")
-    return ckpt
-
-
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_generator(path: str | os.PathLike, device: str | Target = "cpu"):
     """Teacher checkpoint (or the guide's exported {'config','model_state_dict'}) ->
-    (model.eval(), TrainConfig)."""
-    ckpt = read_checkpoint(path, device)
+    (model.eval(), TrainConfig) on `device` (a target name, "auto", or a Target)."""
+    target = device if isinstance(device, Target) else resolve(device)
+    ckpt = read_checkpoint(path, target.torch_device())
     state = ckpt.get("generator_state_dict", ckpt.get("model_state_dict"))
     if state is None:
         raise ValueError(f"{path}: holds neither 'generator_state_dict' nor 'model_state_dict'")
@@ -379,4 +361,4 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"):
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match its config ({exc})") from None
-    return model.to(resolve_device(device)).eval(), cfg
+    return model.to(target.torch_device()).eval(), cfg

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from fresnel import device as devices
 from fresnel.io import atomic_path, sha256_file, write_json
 from fresnel.pbr.data import dataset_dirs
-from fresnel.pbr.maps import CHANNELS, MAPS, normalize_normals
+from fresnel.pbr.maps import MAP_CHANNELS, MAPS, normalize_normals
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def teacher_infer(
         raise ValueError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be >= 1")
     input_dir, output_dir = dataset_dirs(data_root, input_dir, output_dir)
     target = devices.resolve(device)
-    model, cfg = load_generator(checkpoint, device=target.torch_device())
+    model, cfg = load_generator(checkpoint, device=target)
     curriculum = teacher_curriculum(cfg, render_curriculum)
     mean, std = tuple(cfg.transform.mean), tuple(cfg.transform.std)
     dataset = PBRDataset(
@@ -213,7 +213,7 @@ def teacher_infer(
         "teacher_output_size": native,
         "teacher_image_size": int(cfg.data.image_size),
         "dtype": "float16",
-        "channels": dict(CHANNELS),
+        "channels": dict(MAP_CHANNELS),
         "render_curriculum": curriculum,
         "transform": {"mean": list(mean), "std": list(std)},
         "teacher_checkpoint": str(checkpoint),
@@ -299,10 +299,14 @@ def _validate_shard(path, data, output_size: int | None) -> None:
         t = outputs[name]
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float16 or t.ndim != 4:
             fail(f"{name} must be a 4-D float16 tensor")
-        if t.shape[0] != len(indices) or t.shape[1] != CHANNELS[name] or t.shape[2] != t.shape[3]:
+        if (
+            t.shape[0] != len(indices)
+            or t.shape[1] != MAP_CHANNELS[name]
+            or t.shape[2] != t.shape[3]
+        ):
             fail(
                 f"{name} has shape {tuple(t.shape)}, expected "
-                f"[{len(indices)}, {CHANNELS[name]}, S, S]"
+                f"[{len(indices)}, {MAP_CHANNELS[name]}, S, S]"
             )
         sizes.add(t.shape[-1])
     if len(sizes) != 1:

@@ -3,26 +3,27 @@
 One run: split the samples by material (seeded: no material in both train and val), train
 `MultiViewPBRGenerator` with `HybridLoss`, switch the PatchGAN on after `gan_start_epoch`
 reconstruction-only epochs (`d_steps_per_g_step` discriminator updates per generator update),
-validate every epoch, and write to the checkpoint dir:
+validate every epoch, and write to the checkpoint dir (fresnel.training's checkpoint layout
+and run log, with the guide's names and component keys):
     checkpoint_epoch_NNNN.pth (every save_every_n_epochs, unless save_best_only),
     best_model.pth (lowest validation loss; training loss when there is no val split),
     latest.pth (every epoch, what --resume continues from), history.json, curves.png,
     logs/ (TensorBoard scalars and image grids; log_dir overrides).
-Checkpoints hold plain dicts and tensors only: they load with torch.load(weights_only=True).
+Checkpoints hold plain dicts and tensors only (they load with torch.load(weights_only=True))
+and nothing wall-clock: two identical runs write byte-identical files.
 
 Determinism: the model is initialised from the seed and every epoch reseeds torch and draws
 its own shuffle from (seed, epoch), so a run resumed from a checkpoint ends with exactly the
-weights of an uninterrupted run on the CPU (tested). AMP follows fresnel.device's policy for
-the target (bf16 or fp16 + GradScaler on CUDA, fp16 on MPS, off on the CPU).
+weights of an uninterrupted run on the CPU (tested). AMP (fresnel.training.Amp) follows
+fresnel.device's policy for the target (bf16 or fp16 + GradScaler on CUDA, fp16 on MPS, off
+on the CPU).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -32,35 +33,39 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fresnel import device as devices
-from fresnel.io import atomic_path, write_json
+from fresnel import metrics
 from fresnel.pbr.config import TrainConfig
 from fresnel.pbr.data import PBRDataset, check_no_material_leak, split_by_material
 from fresnel.pbr.discriminator import build_discriminator, d_loss, discriminator_input
-from fresnel.pbr.losses import HybridLoss, normal_angles_deg, psnr, ssim_value
+from fresnel.pbr.losses import HybridLoss, normal_angles_deg
 from fresnel.pbr.maps import MAPS, encode_normal, split_maps
-from fresnel.pbr.teacher import MultiViewPBRGenerator, read_checkpoint
+from fresnel.pbr.teacher import MultiViewPBRGenerator
+from fresnel.training import (
+    Amp,
+    Checkpointer,
+    CheckpointNames,
+    Panel,
+    Progress,
+    RunLog,
+    TrainingDiverged,
+    epoch_generator,
+    epoch_seed,
+    read_checkpoint,
+)
+from fresnel.training.runlog import CURVES, HISTORY
 
 log = logging.getLogger(__name__)
 
-LATEST, BEST = "latest.pth", "best_model.pth"
+TEACHER_CHECKPOINTS = CheckpointNames(
+    last="latest.pth", best="best_model.pth", periodic="checkpoint_epoch_{epoch:04d}.pth"
+)
+PANELS = (Panel("loss", ("train_loss", "val_loss", "d_loss"), log_scale=True),)
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
-
-
-def pick_target(requested: str) -> devices.Target:
-    """'auto' = first available of CUDA (or ROCm), MPS, CPU; an explicit name must work here."""
-    if requested != "auto":
-        return devices.resolve(requested)
-    for name in ("cuda", "rocm", "mps"):
-        with contextlib.suppress(devices.TargetUnavailable):
-            return devices.resolve(name)
-    return devices.resolve("cpu")
-
-
-def periodic_name(epoch: int) -> str:
-    return f"checkpoint_epoch_{epoch:04d}.pth"
+def say(line: str) -> None:
+    """A console line of the guide's (also in the log)."""
+    tqdm.write(line)
+    log.info(line)
 
 
 def build_dataset(cfg: TrainConfig, input_dir, output_dir, metadata_path, samples=None):
@@ -107,23 +112,17 @@ def make_scheduler(optimizer, cfg: TrainConfig, base_lr: float):
     return None
 
 
-def _grad_scaler(target: devices.Target, use_amp: bool):
-    enabled = use_amp and target.grad_scaler
-    return torch.amp.GradScaler(target.torch_device().type, enabled=enabled)
-
-
 def _move(batch, device):
     views, targets = batch
     return views.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
 class Trainer:
-    """Holds the models, optimisers and state of one training run."""
+    """Holds the models, optimisers and progress of one training run."""
 
     def __init__(self, cfg: TrainConfig, target: devices.Target, checkpoint_dir: Path):
         self.cfg, self.target, self.dir = cfg, target, checkpoint_dir
         self.device = target.torch_device()
-        self.amp = cfg.training.use_amp and target.amp_dtype is not None
         torch.manual_seed(cfg.training.seed)
         self.G = MultiViewPBRGenerator(cfg.model).to(self.device)
         self.D = build_discriminator(cfg).to(self.device) if cfg.model.use_gan else None
@@ -133,7 +132,14 @@ class Trainer:
             trainable, lr=o.g_lr, betas=tuple(o.g_betas), weight_decay=o.g_weight_decay
         )
         self.g_sched = make_scheduler(self.g_opt, cfg, o.g_lr)
-        self.g_scaler = _grad_scaler(target, cfg.training.use_amp)
+        self.g_amp = Amp(target, cfg.training.use_amp)
+        components = {
+            "generator_state_dict": self.G,
+            "g_optimizer_state_dict": self.g_opt,
+            "g_scheduler_state_dict": self.g_sched,
+            "g_scaler_state_dict": self.g_amp.scaler,
+        }
+        self.d_opt = self.d_sched = self.d_amp = None
         if self.D is not None:
             self.d_opt = torch.optim.AdamW(
                 self.D.parameters(),
@@ -142,94 +148,71 @@ class Trainer:
                 weight_decay=o.d_weight_decay,
             )
             self.d_sched = make_scheduler(self.d_opt, cfg, o.d_lr)
-            self.d_scaler = _grad_scaler(target, cfg.training.use_amp)
+            self.d_amp = Amp(target, cfg.training.use_amp)
+            components.update(
+                discriminator_state_dict=self.D,
+                d_optimizer_state_dict=self.d_opt,
+                d_scheduler_state_dict=self.d_sched,
+                d_scaler_state_dict=self.d_amp.scaler,
+            )
         self.loss = HybridLoss(
             cfg.loss,
             cfg.model.use_gan,
             cfg.training.gan_start_epoch,
             cfg.model.discriminator_use_sigmoid,
         )
-        self.epoch = 0  # epochs completed
-        self.global_step = 0
-        self.best = math.inf
-        self.best_epoch = 0
-        self.history: list[dict] = []
+        self.checkpoints = Checkpointer(checkpoint_dir, TEACHER_CHECKPOINTS, **components)
+        self.progress = Progress()
         self.split: dict[str, list[str]] = {"train": [], "val": []}
+        self.last_good: Path | None = None  # the checkpoint a diverged run can resume from
 
-    def autocast(self):
-        return self.target.autocast() if self.amp else contextlib.nullcontext()
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.progress.epoch
 
     # --- state -----------------------------------------------------------------------------
-    def state(self) -> dict:
-        state = {
-            "generator_state_dict": self.G.state_dict(),
-            "g_optimizer_state_dict": self.g_opt.state_dict(),
-            "g_scheduler_state_dict": self.g_sched.state_dict() if self.g_sched else None,
-            "g_scaler_state_dict": self.g_scaler.state_dict(),
-            "config": self.cfg.to_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "best_val_loss": self.best,
-            "best_epoch": self.best_epoch,
-            "history": self.history,
-            "split": self.split,
-        }
-        if self.D is not None:
-            state.update(
-                discriminator_state_dict=self.D.state_dict(),
-                d_optimizer_state_dict=self.d_opt.state_dict(),
-                d_scheduler_state_dict=self.d_sched.state_dict() if self.d_sched else None,
-                d_scaler_state_dict=self.d_scaler.state_dict(),
-            )
-        return state
-
-    def save(self, name: str) -> Path:
-        path = self.dir / name
-        with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
-        return path
+    def save_epoch(self, improved: bool, periodic: bool) -> dict[str, Path]:
+        written = self.checkpoints.save_epoch(
+            self.progress, self.cfg.to_dict(), improved=improved, periodic=periodic,
+            extra={"split": self.split},
+        )  # fmt: skip
+        self.last_good = written["last"]
+        return written
 
     def load(self, path: str | os.PathLike) -> None:
-        ckpt = read_checkpoint(path, self.device)
-        if ckpt["config"]["model"] != self.cfg.to_dict()["model"]:
+        state = read_checkpoint(path, self.device)
+        if state["config"]["model"] != self.cfg.to_dict()["model"]:
             raise ValueError(
                 f"{path}: its model options differ from this run's config; resume with the "
                 "checkpoint's config (pass cfg=None) or start a new run"
             )
-        self.G.load_state_dict(ckpt["generator_state_dict"])
-        self.g_opt.load_state_dict(ckpt["g_optimizer_state_dict"])
-        if self.g_sched and ckpt.get("g_scheduler_state_dict"):
-            self.g_sched.load_state_dict(ckpt["g_scheduler_state_dict"])
-        self.g_scaler.load_state_dict(ckpt["g_scaler_state_dict"])
-        if self.D is not None:
-            self.D.load_state_dict(ckpt["discriminator_state_dict"])
-            self.d_opt.load_state_dict(ckpt["d_optimizer_state_dict"])
-            if self.d_sched and ckpt.get("d_scheduler_state_dict"):
-                self.d_sched.load_state_dict(ckpt["d_scheduler_state_dict"])
-            self.d_scaler.load_state_dict(ckpt["d_scaler_state_dict"])
-        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        self.best, self.best_epoch = float(ckpt["best_val_loss"]), int(ckpt["best_epoch"])
-        self.history = list(ckpt["history"])
-        self.split = ckpt["split"]
+        self.progress, extra = self.checkpoints.restore(state, path)
+        self.split = extra["split"]
+        self.last_good = Path(path)
 
     # --- steps -----------------------------------------------------------------------------
     def gan_on(self, epoch: int) -> bool:
         return self.D is not None and epoch > self.cfg.training.gan_start_epoch
 
-    def _clip_and_step(self, loss, optimizer, scaler, params) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if self.cfg.training.grad_clip_norm:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.training.grad_clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
+    def _step(self, amp: Amp, loss, optimizer, params, which: str, components=None) -> None:
+        """Amp.step, with the epoch, step and last good checkpoint named when it diverges."""
+        try:
+            amp.step(loss, optimizer, params, self.cfg.training.grad_clip_norm, f"{which} loss")
+        except TrainingDiverged as exc:
+            epoch, step = self._where
+            raise TrainingDiverged(
+                f"epoch {epoch} step {step}: {exc}"
+                + (f" (components {components})" if components else "")
+                + "; lower optimizer.g_lr/d_lr, tighten training.grad_clip_norm or turn AMP "
+                f"off; last good checkpoint: {self.last_good or 'none (no epoch finished)'}"
+            ) from None
 
     def d_step(self, pred: dict, target: torch.Tensor, views: torch.Tensor) -> float:
         cond = views if self.cfg.model.discriminator_conditional else None
         real = discriminator_input(split_maps(target), cond)
         fake = discriminator_input({k: v.detach() for k, v in pred.items()}, cond)
-        with self.autocast():
+        with self.d_amp.autocast():
             real_scores, fake_scores = self.D(real), self.D(fake)
         loss = d_loss(
             real_scores,
@@ -237,13 +220,12 @@ class Trainer:
             self.cfg.loss.gan_loss_type,
             self.cfg.model.discriminator_use_sigmoid,
         )
-        self._check_finite(loss, "discriminator")
-        self._clip_and_step(loss, self.d_opt, self.d_scaler, self.D.parameters())
+        self._step(self.d_amp, loss, self.d_opt, self.D.parameters(), "discriminator")
         return float(loss.detach())
 
     def train_step(self, views, target, epoch: int) -> dict:
-        self._where = (epoch, self.global_step)
-        with self.autocast():
+        self._where = (epoch, self.progress.global_step)
+        with self.g_amp.autocast():
             pred = self.G(views)
         parts = {}
         if self.gan_on(epoch):
@@ -253,23 +235,13 @@ class Trainer:
         if self.gan_on(epoch) and self.loss.gan_active(epoch):
             cond = views if self.cfg.model.discriminator_conditional else None
             self.D.requires_grad_(False)
-            with self.autocast():
+            with self.g_amp.autocast():
                 d_fake = self.D(discriminator_input(pred, cond))
             self.D.requires_grad_(True)
         loss, components = self.loss(pred, target, d_fake)
-        self._check_finite(loss, "generator", components)
-        self._clip_and_step(loss, self.g_opt, self.g_scaler, self.G.parameters())
-        self.global_step += 1
+        self._step(self.g_amp, loss, self.g_opt, self.G.parameters(), "generator", components)
+        self.progress.global_step += 1
         return {**components, **parts}
-
-    def _check_finite(self, loss: torch.Tensor, which: str, components: dict | None = None):
-        if not torch.isfinite(loss.detach()).all():
-            epoch, step = self._where
-            raise TrainingDiverged(
-                f"epoch {epoch} step {step}: the {which} loss is {float(loss.detach())}"
-                + (f" (components {components})" if components else "")
-                + "; lower optimizer.g_lr/d_lr, tighten training.grad_clip_norm or turn AMP off"
-            )
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[dict, tuple | None]:
@@ -279,13 +251,13 @@ class Trainer:
         angles, count, first = [], 0, None
         for views, target in loader:
             views, target = _move((views, target), self.device)
-            with self.autocast():
+            with self.g_amp.autocast():
                 pred = self.G(views)
             pred = {k: v.float() for k, v in pred.items()}
             _, comp = self.loss(pred, target)
-            metrics = {"loss": comp["total"], **map_metrics(pred, split_maps(target))}
+            values = {"loss": comp["total"], **map_metrics(pred, split_maps(target))}
             n = views.shape[0]
-            for key, value in metrics.items():
+            for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value * n
             angles.append(normal_angles_deg(pred["normal"], split_maps(target)["normal"]).flatten())
             count += n
@@ -297,15 +269,16 @@ class Trainer:
 
 
 def map_metrics(pred: dict, target: dict) -> dict:
-    """Per-map PSNR and MAE (normals in their [0,1] encoding), albedo SSIM, mean normal angle."""
+    """Per-map PSNR (fresnel.metrics, mean over images) and MAE (normals in their [0,1]
+    encoding), albedo SSIM, mean normal angle."""
     out = {}
     for name in MAPS:
         p, t = pred[name], target[name]
         if name == "normal":
             p, t = encode_normal(p), encode_normal(t)
-        out[f"psnr_{name}"] = min(psnr(p, t), 100.0)
+        out[f"psnr_{name}"] = float(metrics.psnr(p, t).mean())
         out[f"mae_{name}"] = float((p.float() - t.float()).abs().mean())
-    out["ssim_albedo"] = float(ssim_value(pred["albedo"], target["albedo"]))
+    out["ssim_albedo"] = float(metrics.ssim(pred["albedo"], target["albedo"]))
     out["normal_angle_mean"] = float(normal_angles_deg(pred["normal"], target["normal"]).mean())
     return out
 
@@ -322,99 +295,41 @@ def _loader(dataset, cfg: TrainConfig, order=None) -> DataLoader:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+    return torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
 
 
-class Logger:
-    """TensorBoard scalars/images (optional), console lines, history.json and curves.png."""
+def log_step(runlog: RunLog, cfg: TrainConfig, step: int, parts: dict, lr: float) -> None:
+    if not cfg.training.use_tensorboard or step % cfg.training.log_every_n_steps:
+        return
+    values = {"G_loss": parts["total"]}
+    if "d_loss" in parts:
+        values["D_loss"] = parts["d_loss"]
+    values.update({f"l1_{name}": parts[f"l1_{name}"] for name in MAPS})
+    values.update(ssim_albedo=parts["ssim"], normal_angle_deg=parts["normal_angle_deg"])
+    values.update(gan_g=parts["gan_g"], lr=lr)
+    runlog.scalars(step, values, prefix="train/")
 
-    def __init__(self, cfg: TrainConfig, checkpoint_dir: Path, log_dir: Path | None):
-        self.cfg, self.dir = cfg, checkpoint_dir
-        self.writer = None
-        if cfg.training.use_tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir or checkpoint_dir / "logs"))
+def log_images(writer, cfg: TrainConfig, epoch: int, views, pred: dict, target) -> None:
+    """Prediction / ground truth / error grid of the first item, and its input views."""
+    from torchvision.utils import make_grid
 
-    def say(self, line: str) -> None:
-        tqdm.write(line)
-        log.info(line)
+    from fresnel.pbr.data import denormalize_views
 
-    def step(self, step: int, parts: dict, lr: float) -> None:
-        if self.writer is None or step % self.cfg.training.log_every_n_steps:
-            return
-        w = self.writer
-        w.add_scalar("train/G_loss", parts["total"], step)
-        if "d_loss" in parts:
-            w.add_scalar("train/D_loss", parts["d_loss"], step)
-        for name in MAPS:
-            w.add_scalar(f"train/l1_{name}", parts[f"l1_{name}"], step)
-        w.add_scalar("train/ssim_albedo", parts["ssim"], step)
-        w.add_scalar("train/normal_angle_deg", parts["normal_angle_deg"], step)
-        w.add_scalar("train/gan_g", parts["gan_g"], step)
-        w.add_scalar("train/lr", lr, step)
-
-    def epoch(self, epoch: int, metrics: dict, sample) -> None:
-        if self.writer is None:
-            return
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(f"epoch/{key}", value, epoch)
-        every = self.cfg.training.log_images_every_n_epochs
-        if sample is not None and every and epoch % every == 0:
-            self.images(epoch, *sample)
-        self.writer.flush()
-
-    def images(self, epoch: int, views, pred: dict, target: torch.Tensor) -> None:
-        from torchvision.utils import make_grid
-
-        from fresnel.pbr.data import denormalize_views
-
-        tgt = split_maps(target)
-        rows = []
-        for name in MAPS:
-            p, t = _displayable(name, pred[name][0]), _displayable(name, tgt[name][0])
-            err = (p - t).abs().mean(0, keepdim=True).expand(3, -1, -1)
-            rows += [p, t, (err * 4).clamp(0, 1)]  # x4: small errors stay visible
-        self.writer.add_image("maps/pred_gt_error", make_grid(rows, nrow=3, padding=2), epoch)
-        shown = denormalize_views(views[0], self.cfg.transform.mean, self.cfg.transform.std)
-        self.writer.add_image("inputs/views", make_grid(list(shown.clamp(0, 1)), nrow=3), epoch)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    tgt = split_maps(target)
+    rows = []
+    for name in MAPS:
+        p, t = _displayable(name, pred[name][0]), _displayable(name, tgt[name][0])
+        err = (p - t).abs().mean(0, keepdim=True).expand(3, -1, -1)
+        rows += [p, t, (err * 4).clamp(0, 1)]  # x4: small errors stay visible
+    writer.add_image("maps/pred_gt_error", make_grid(rows, nrow=3, padding=2), epoch)
+    shown = denormalize_views(views[0], cfg.transform.mean, cfg.transform.std)
+    writer.add_image("inputs/views", make_grid(list(shown.clamp(0, 1)), nrow=3), epoch)
 
 
 def _displayable(name: str, image: torch.Tensor) -> torch.Tensor:
     image = encode_normal(image) if name == "normal" else image
     return image.float().clamp(0, 1).expand(3, -1, -1)
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    if val:
-        ax.plot(*zip(*val, strict=True), label="val loss")
-    if any(h.get("d_loss") is not None for h in history):
-        d = [(h["epoch"], h["d_loss"]) for h in history if h.get("d_loss") is not None]
-        ax.plot(*zip(*d, strict=True), label="D loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def _mean(dicts: list[dict], key: str) -> float | None:
@@ -443,11 +358,12 @@ def train(
     """Train the teacher; return a summary dict (see module docstring for what is written).
 
     `cfg=None` with `resume` uses the checkpoint's config. `device` overrides
-    cfg.training.device; an explicit device that is unavailable is an error.
+    cfg.training.device ("auto" = the GPU this torch sees, else the CPU); an explicit device
+    that is unavailable is an error.
     """
     start = time.perf_counter()
     cfg = resolve_run_config(cfg, resume)
-    target = pick_target(device or cfg.training.device)
+    target = devices.resolve(device or cfg.training.device)
     ckpt_dir = Path(checkpoint_dir or cfg.training.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, target, ckpt_dir)
@@ -464,24 +380,27 @@ def train(
         if trainer.split["val"]
         else None
     )
-    logger = Logger(cfg, ckpt_dir, Path(log_dir) if log_dir else None)
-    logger.say(
+    runlog = RunLog(
+        ckpt_dir, resume_epoch=trainer.epoch, panels=PANELS,
+        tensorboard_dir=log_dir or ckpt_dir / "logs",
+    )  # fmt: skip
+    say(
         f"[Data] {len(train_set)} train entries ({len(train_set.materials)} materials), "
         f"{len(val_set) if val_set else 0} val entries "
         f"({len(val_set.materials) if val_set else 0} materials); curriculum {cfg.curriculum}; "
-        f"device {target.name}, AMP {'on (' + target.amp_dtype + ')' if trainer.amp else 'off'}"
+        f"device {target.name}, AMP {trainer.g_amp.describe()}"
     )
     try:
         for epoch in range(trainer.epoch + 1, cfg.training.epochs + 1):
-            run_epoch(trainer, epoch, train_set, val_set, logger)
+            run_epoch(trainer, epoch, train_set, val_set, runlog)
     finally:
-        logger.close()
+        runlog.close()
     return summarise(trainer, train_set, val_set, ckpt_dir, time.perf_counter() - start)
 
 
-def run_epoch(trainer: Trainer, epoch: int, train_set, val_set, logger: Logger) -> None:
+def run_epoch(trainer: Trainer, epoch: int, train_set, val_set, runlog: RunLog) -> None:
     cfg, t0 = trainer.cfg, time.perf_counter()
-    torch.manual_seed(cfg.training.seed * 100_003 + epoch)
+    torch.manual_seed(epoch_seed(cfg.training.seed, epoch))
     trainer.G.train()
     if trainer.D is not None:
         trainer.D.train()
@@ -492,7 +411,8 @@ def run_epoch(trainer: Trainer, epoch: int, train_set, val_set, logger: Logger) 
         views, target = _move(batch, trainer.device)
         parts = trainer.train_step(views, target, epoch)
         steps.append(parts)
-        logger.step(trainer.global_step, parts, trainer.g_opt.param_groups[0]["lr"])
+        lr = trainer.g_opt.param_groups[0]["lr"]
+        log_step(runlog, cfg, trainer.progress.global_step, parts, lr)
         postfix = {"G_loss": f"{parts['total']:.3f}"}
         if "d_loss" in parts:
             postfix["D_loss"] = f"{parts['d_loss']:.3f}"
@@ -506,68 +426,56 @@ def run_epoch(trainer: Trainer, epoch: int, train_set, val_set, logger: Logger) 
         "lr": trainer.g_opt.param_groups[0]["lr"],
         "gan": trainer.gan_on(epoch),
     }
-    logger.say(f"Epoch {epoch} Summary:\n  Generator Loss: {record['train_loss']:.4f}")
+    say(f"Epoch {epoch} Summary:\n  Generator Loss: {record['train_loss']:.4f}")
     if record["d_loss"] is not None:
-        logger.say(f"  Discriminator Loss: {record['d_loss']:.4f}")
+        say(f"  Discriminator Loss: {record['d_loss']:.4f}")
     sample = None
     if val_set is not None:
-        metrics, sample = trainer.evaluate(_loader(val_set, cfg))
-        record.update({"val_loss": metrics["loss"]}, **{f"val_{k}": v for k, v in metrics.items()})
-        logger.say(f"[Validation] Epoch {epoch} - Loss: {metrics['loss']:.4f}")
+        values, sample = trainer.evaluate(_loader(val_set, cfg))
+        record.update({"val_loss": values["loss"]}, **{f"val_{k}": v for k, v in values.items()})
+        say(f"[Validation] Epoch {epoch} - Loss: {values['loss']:.4f}")
     record["seconds"] = round(time.perf_counter() - t0, 3)
-    finish_epoch(trainer, record, sample, train_set, logger)
+    finish_epoch(trainer, record, sample, train_set, runlog)
 
 
-def finish_epoch(trainer: Trainer, record: dict, sample, train_set, logger: Logger) -> None:
+def finish_epoch(trainer: Trainer, record: dict, sample, train_set, runlog: RunLog) -> None:
     cfg, epoch = trainer.cfg, record["epoch"]
     monitored = record.get("val_loss", record["train_loss"])
     with warnings.catch_warnings():
         # D's schedule advances by epoch even before the GAN starts (no D step taken yet)
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        for sched in (trainer.g_sched, getattr(trainer, "d_sched", None)):
+        for sched in (trainer.g_sched, trainer.d_sched):
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step(monitored)
             elif sched is not None:
                 sched.step()
-    trainer.epoch = epoch
-    trainer.history.append(record)
-    if sample is None and cfg.training.use_tensorboard:
-        every = cfg.training.log_images_every_n_epochs
-        if every and epoch % every == 0:  # no val split: show a training sample
+    improved = trainer.progress.finish_epoch(record, monitored)
+    every = cfg.training.log_images_every_n_epochs
+    if cfg.training.use_tensorboard and every and epoch % every == 0:
+        if sample is None:  # no val split: show a training sample
             _, sample = trainer.evaluate(_loader(train_set, cfg, [0]))
-    logger.epoch(epoch, {k: v for k, v in record.items() if k != "epoch"}, sample)
-    improved = monitored < trainer.best
+        log_images(runlog.tensorboard, cfg, epoch, *sample)
+    runlog.epoch(record)
+    periodic = epoch % cfg.training.save_every_n_epochs == 0 and not cfg.training.save_best_only
+    written = trainer.save_epoch(improved, periodic)
+    if "periodic" in written:
+        say(f"Saved checkpoint: {written['periodic']}")
     if improved:
-        trainer.best, trainer.best_epoch = monitored, epoch
-    periodic = epoch % cfg.training.save_every_n_epochs == 0
-    latest = trainer.save(LATEST)  # the others are byte copies of it: pickle once per epoch
-    if periodic and not cfg.training.save_best_only:
-        logger.say(f"Saved checkpoint: {copy_file(latest, trainer.dir / periodic_name(epoch))}")
-    if improved:
-        logger.say(f"Saved best model: {copy_file(latest, trainer.dir / BEST)}")
-    write_json(trainer.dir / "history.json", trainer.history)
-    if periodic:
-        plot_curves(trainer.history, trainer.dir / "curves.png")
-
-
-def copy_file(src: Path, dst: Path) -> Path:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    return dst
+        say(f"Saved best model: {written['best']}")
 
 
 def summarise(trainer: Trainer, train_set, val_set, ckpt_dir: Path, seconds: float) -> dict:
-    last = trainer.history[-1] if trainer.history else {}
-    if trainer.history:
-        plot_curves(trainer.history, ckpt_dir / "curves.png")
+    history, progress = trainer.progress.history, trainer.progress
+    last = history[-1] if history else {}
+    names = trainer.checkpoints.names
     return {
         "epochs_completed": trainer.epoch,
         "device": trainer.target.name,
-        "amp": trainer.amp,
+        "amp": trainer.g_amp.enabled,
         "monitor": "val_loss" if val_set is not None else "train_loss",
-        "best_loss": trainer.best,
-        "best_epoch": trainer.best_epoch,
-        "first_train_loss": trainer.history[0]["train_loss"] if trainer.history else None,
+        "best_loss": progress.best_metric,
+        "best_epoch": progress.best_epoch,
+        "first_train_loss": history[0]["train_loss"] if history else None,
         "final_train_loss": last.get("train_loss"),
         "final_val_loss": last.get("val_loss"),
         "final_val_metrics": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
@@ -576,9 +484,9 @@ def summarise(trainer: Trainer, train_set, val_set, ckpt_dir: Path, seconds: flo
         "train_materials": train_set.materials,
         "val_materials": val_set.materials if val_set is not None else [],
         "checkpoint_dir": str(ckpt_dir),
-        "latest": str(ckpt_dir / LATEST),
-        "best": str(ckpt_dir / BEST),
-        "history": str(ckpt_dir / "history.json"),
-        "curves": str(ckpt_dir / "curves.png"),
+        "latest": str(ckpt_dir / names.last),
+        "best": str(ckpt_dir / names.best),
+        "history": str(ckpt_dir / HISTORY),
+        "curves": str(ckpt_dir / CURVES),
         "seconds": round(seconds, 3),
     }

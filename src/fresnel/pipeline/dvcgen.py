@@ -46,7 +46,7 @@ def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> 
         if not job.output:
             continue  # aggregate rules (all, demo) have nothing to version
         outs = [str(o) for o in job.output]
-        params = sorted(v.path for v in job.params if isinstance(v, Section))
+        params = sorted(p for v in job.params if isinstance(v, Section) for p in v.paths)
         stage = {
             "cmd": "snakemake --force --allowed-rules {} --cores all -- {}".format(
                 job.rule.name, " ".join(outs)

@@ -1,7 +1,8 @@
 """What the Snakefile calls so that Snakemake and DVC always agree about what is stale.
 
-- `section`: a rule's params are whole params.yaml sections; the section remembers its key
-  path so that the generated dvc.yaml tracks exactly the params the rule uses.
+- `section`: a rule's params are params.yaml sections (or the few keys of one that the rule
+  reads); the section remembers its key paths so that the generated dvc.yaml tracks
+  exactly the params the rule uses.
 - `sync_from_dvc` (Snakefile load): stages that DVC considers up to date (after `dvc repro`,
   a run-cache restore or `dvc pull`) are marked up to date in Snakemake's metadata too,
   with `snakemake --touch`, so `snakemake -n` has nothing to do.
@@ -37,18 +38,21 @@ DVC = [sys.executable, "-m", "dvc"]  # the dvc of this environment, whatever PAT
 
 
 class Section(dict):
-    """A params.yaml section (a plain dict for Snakemake) that knows its key path."""
+    """A params.yaml section (a plain dict for Snakemake) that knows its key paths."""
 
-    def __init__(self, path: str, values: dict):
+    def __init__(self, paths: list[str], values: dict):
         super().__init__(values)
-        self.path = path
+        self.paths = paths
 
 
-def section(config: dict, path: str) -> Section:
+def section(config: dict, path: str, keys: tuple[str, ...] = ()) -> Section:
+    """The section at `path`, or only its `keys` (then DVC tracks only those)."""
     node = config
     for key in path.split("."):
         node = node[key]
-    return Section(path, node)
+    if keys:
+        return Section([f"{path}.{k}" for k in keys], {k: node[k] for k in keys})
+    return Section([path], node)
 
 
 def code_inputs(script: str) -> list[str]:

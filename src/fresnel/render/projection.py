@@ -90,6 +90,11 @@ def validate_inputs(means, scales, quats, opacities, colors) -> None:
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
             raise ValueError(f"{name} has {bad} NaN/Inf entries")
+    outside = int(((opacities < 0) | (opacities > 1)).sum())
+    if outside:
+        raise ValueError(
+            f"opacities has {outside} entries outside [0, 1] (pass sigmoid(logits), not logits)"
+        )
     negative = int((scales < 0).sum())
     if negative:
         raise ValueError(f"scales has {negative} negative entries (std-devs must be >= 0)")

@@ -13,8 +13,8 @@ A family owns its model, data, losses and step; this package owns the plumbing a
 
 from fresnel.training.amp import Amp, TrainingDiverged
 from fresnel.training.checkpoint import (
-    CheckpointNames,
     Checkpointer,
+    CheckpointNames,
     Progress,
     final_checkpoint,
     read_checkpoint,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -103,10 +104,13 @@ class Checkpointer:
 
     def load(self, path, map_location="cpu") -> tuple[Progress, dict]:
         """Restore every component from `path`; returns (progress, extra)."""
-        state = read_checkpoint(path, map_location)
+        return self.restore(read_checkpoint(path, map_location), path)
+
+    def restore(self, state: dict, source="checkpoint") -> tuple[Progress, dict]:
+        """`load` from a state already read (to check its config first); `source` names it."""
         missing = sorted(set(self.components) - set(state))
         if missing:
-            raise CheckpointError(f"{path}: has no {', '.join(missing)}; not this run's kind")
+            raise CheckpointError(f"{source}: has no {', '.join(missing)}; not this run's kind")
         for key, component in self.components.items():
             component.load_state_dict(state[key])
         progress = Progress(**{k: state[k] for k in PROGRESS_KEYS})
@@ -114,10 +118,23 @@ class Checkpointer:
         return progress, dict(state.get("extra", {}))
 
 
+class _ValuePickler(pickle.Pickler):
+    """A pickler without memo: equal values give equal bytes, whichever objects happen to be
+    shared (a resumed run's history holds other string objects than a fresh run's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast = True
+
+
+_VALUE_PICKLE = types.SimpleNamespace(Pickler=_ValuePickler, __name__="pickle")
+
+
 def serialize(state: dict) -> bytes:
-    """torch.save into memory: the bytes depend only on the state (not on a file name)."""
+    """torch.save into memory: the bytes depend only on the state's values (not on a file
+    name, a clock or object identity)."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(state, buffer, pickle_module=_VALUE_PICKLE)
     return buffer.getvalue()
 
 
@@ -135,7 +152,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
             f"({str(exc).splitlines()[0][:120]})"
         ) from None
     except (RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not torch): {exc}")
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint (truncated or not torch): {exc}"
+        ) from None
     if not isinstance(state, dict) or "config" not in state:
         raise CheckpointError(f"{path}: not a training checkpoint (no 'config' entry)")
     return state
@@ -147,5 +166,3 @@ def final_checkpoint(run_dir, names: CheckpointNames = CheckpointNames()) -> Pat
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no {names.last}; train the run first (or resume it)")
     return path
-
-

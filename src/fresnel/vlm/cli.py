@@ -34,10 +34,10 @@ def _provider(args):
 def _matted_copy(image: Path, work: Path, params_file) -> Path:
     """--remove_background: the training preprocessing (rembg + centred crop) on one image."""
     from fresnel.data import matte
-    from fresnel.cli import params_from
     from fresnel.images import load_rgb, save_png
+    from fresnel.params import for_command
 
-    cfg = params_from(params_file)["matte"]
+    cfg = for_command(params_file)["matte"]
     remover = matte.make_remover(cfg["model"], cfg["model_dir"])
     rgb = load_rgb(image, image.stem)
     matted = matte.center_crop_composite(

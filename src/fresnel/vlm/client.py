@@ -1,7 +1,9 @@
 """Client for an OpenAI-compatible chat/completions server with image input (LM Studio by default).
 
 * One image + one text prompt per request; the image travels as a base64 data URL.
-* Timeouts: separate connect and read timeouts (seconds).
+* Timeouts: a connect timeout, and a read timeout that is the total time an answer may take
+  once connected (headers and body together), not the gap between two socket reads: a
+  server that drips one byte a second still fails after ``read_timeout`` seconds.
 * Retries: up to ``retries`` more attempts for timeouts, connection errors, HTTP 429 and 5xx,
   waiting ``backoff * 2**attempt`` (capped at ``backoff_max``) plus up to ``jitter`` of that
   at random; a ``Retry-After`` header (seconds or HTTP date) makes the wait at least that long
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import json
 import logging
 import os
 import random
@@ -31,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ DEFAULT_URL = "http://localhost:1234/v1/chat/completions"
 DEFAULT_MODEL = "qwen2-vl-7b-instruct"
 DEFAULT_API_KEY_ENV = "FRESNEL_VLM_API_KEY"
 RETRYABLE_STATUS = frozenset({429, *range(500, 600)})
+BODY_CHUNK = 1 << 16
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 
 T = TypeVar("T")
@@ -289,13 +294,16 @@ class VLMClient:
             with self._slots:
                 with self._lock:
                     self.requests_sent += 1
+                started = time.monotonic()
                 response = requests.request(
-                    method, url, json=payload, headers=self._headers(), timeout=timeout
-                )
+                    method, url, json=payload, headers=self._headers(), timeout=timeout,
+                    stream=True,
+                )  # fmt: skip
+                data = _read_body(response, started + self.config.read_timeout)
         except requests.exceptions.ConnectTimeout:
             return None, VLMConnectionError(self._cannot_connect(url, "connect timeout")), None
-        except requests.exceptions.Timeout:
-            detail = f"no answer within the read timeout of {self.config.read_timeout} s"
+        except (requests.exceptions.Timeout, _DeadlinePassed, TimeoutError):
+            detail = f"no complete answer within the read timeout of {self.config.read_timeout} s"
             return None, VLMTimeout(self._message(url, detail)), None
         except requests.exceptions.ConnectionError as exc:
             detail = _short(exc)
@@ -306,16 +314,16 @@ class VLMClient:
         except requests.exceptions.ChunkedEncodingError as exc:
             detail = f"the answer was cut off ({_short(exc)})"
             return None, VLMConnectionError(self._message(url, detail)), None
-        return self._decode(response, url)
+        return self._decode(response, data, url)
 
-    def _decode(self, response: requests.Response, url: str):
+    def _decode(self, response: requests.Response, data: bytes, url: str):
         status = response.status_code
         if status == 200:
             try:
-                return response.json(), None, None
+                return json.loads(data), None, None
             except ValueError:
                 raise VLMResponseError(self._message(url, "200 answer is not JSON")) from None
-        snippet = " ".join(response.text[:300].split())
+        snippet = " ".join(data[:300].decode("utf-8", "replace").split())
         error = VLMHTTPError(self._message(url, f"HTTP {status}: {snippet}"), status)
         if status not in RETRYABLE_STATUS:
             raise error
@@ -378,6 +386,27 @@ class VLMClient:
 
 
 _DROPPED = ("remote end closed", "connection reset")
+
+
+class _DeadlinePassed(Exception):
+    """The answer's body did not arrive whole before the request's deadline."""
+
+
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, read as it arrives; _DeadlinePassed once `deadline` (monotonic) passes."""
+    chunks = []
+    try:
+        while chunk := response.raw.read1(BODY_CHUNK, decode_content=True):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise _DeadlinePassed
+    except urllib3.exceptions.ReadTimeoutError:
+        raise _DeadlinePassed from None
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from None
+    finally:
+        response.close()
+    return b"".join(chunks)
 
 
 def _short(exc: BaseException) -> str:
