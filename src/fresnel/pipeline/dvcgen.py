@@ -6,6 +6,7 @@ same code, and its deps, params and outs are the job's inputs, params sections a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -28,8 +29,7 @@ def _dag_jobs(snakefile: Path, targets: list[str]):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import DAGSettings, OutputSettings, ResourceSettings
 
-    os.environ[SKIP_ENV] = "1"  # loading the Snakefile must not talk to DVC
-    with SnakemakeApi(OutputSettings(quiet=None)) as api:
+    with _sync_off(), SnakemakeApi(OutputSettings(quiet=None)) as api:
         workflow_api = api.workflow(resource_settings=ResourceSettings(), snakefile=snakefile)
         workflow_api.dag(DAGSettings(targets=set(targets), forceall=True))
         workflow = workflow_api._workflow
@@ -37,6 +37,22 @@ def _dag_jobs(snakefile: Path, targets: list[str]):
         workflow._build_dag()
         jobs = sorted(workflow.dag.jobs, key=lambda j: (j.rule.name, str(j.output)))
         return jobs, workflow.globals.get("DVC_PRESENTATION", {})
+
+
+@contextlib.contextmanager
+def _sync_off():
+    """Loading the Snakefile here must not talk to DVC; the caller's environment is restored
+    after (left set, it would silently switch the sync off for every later snakemake that
+    this process starts)."""
+    before = os.environ.get(SKIP_ENV)
+    os.environ[SKIP_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[SKIP_ENV]
+        else:
+            os.environ[SKIP_ENV] = before
 
 
 def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> dict:
