@@ -1,13 +1,18 @@
 """End to end: the demo DAG offline, and Snakemake and DVC agreeing about what is stale."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, make_workspace, run
+from conftest import BIN, REPO, make_workspace, run
 
 pytestmark = pytest.mark.slow
 PBR_TARGETS = "results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval"
@@ -194,6 +199,9 @@ def test_bad_params_fail_before_any_job(workspace):
 
 def test_nested_config_overrides_and_yaml_errors_under_snakemake(workspace):
     run("snakemake --profile cpu -n --config 'decoder={train: {epochs: 5}}'", workspace)
+    bad = run("snakemake --profile cpu -n --config 'pbr={teacher: {overrides: {lr: 1}}}'",
+              workspace, check=False)  # fmt: skip
+    assert bad.returncode != 0 and "pbr.teacher: unknown option 'lr'" in bad.stdout + bad.stderr
     params = workspace / "params.yaml"
     params.write_text(params.read_text().replace("count: 16", "count: [16", 1))
     out = run("snakemake --profile cpu -n", workspace, check=False)
@@ -212,6 +220,54 @@ def test_profiles_resolve_and_rocm_jobs_see_hsa_override(workspace):
 
 def test_committed_dvc_yaml_matches_the_dag(monkeypatch):
     monkeypatch.chdir(REPO)
-    from fresnel.pipeline import dvcgen
+    from fresnel.pipeline import dvcgen, glue
 
     assert dvcgen.write("dvc.yaml", check=True), "dvc.yaml is stale: run `fresnel dvc-yaml`"
+    assert glue.SKIP_ENV not in os.environ  # left set, later snakemake runs skip the DVC sync
+
+
+def processes_running(name, session):
+    """Pids in a session whose command line mentions `name` (Linux /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            pid = int(entry.name)
+            if os.getsid(pid) == session and name in Path(f"/proc/{pid}/cmdline").read_text():
+                found.append(pid)
+        except (OSError, ProcessLookupError):
+            continue  # the process ended while we looked
+    return found
+
+
+def test_a_killed_training_job_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
+    """SIGKILL the decoder_train job (as the OOM killer would) after its first epoch: Snakemake
+    fails the job and deletes its output; the same command again resumes at epoch 2 and ends
+    with the uninterrupted run's bytes. Runs last: it rebuilds the decoder chain and leaves
+    both tools clean."""
+    final = demo / "results/decoder_exp2/decoder_exp2_last.pt"
+    uninterrupted = final.read_bytes()  # the fixture's run: 2 epochs, never interrupted
+    command = "snakemake --profile cpu results/decoder_exp2 --forcerun decoder_train"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    job = subprocess.Popen(command, shell=True, cwd=demo, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(demo.glob(".fresnel-runs/decoder_train-2-*/decoder_exp2_last.pt")):
+        assert job.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.05)
+    for pid in processes_running("train_decoder", session=job.pid):
+        os.kill(pid, signal.SIGKILL)
+    assert job.wait(timeout=120) != 0
+    assert not final.parent.exists()  # killed inside epoch 2: the output was never made
+
+    rerun = run(command, demo)  # the same command, no extra flag
+    log = (demo / "logs/decoder_train_exp2.log").read_text()
+    assert "resuming the unfinished run" in log and "after epoch 1" in log, log
+    assert final.read_bytes() == uninterrupted
+    assert not list(demo.glob(".fresnel-runs/decoder_train-2-*"))
+    record = json.loads((demo / "provenance/decoder_train-2.json").read_text())
+    assert record["stats"]["checkpoint"] == "results/decoder_exp2/decoder_exp2_last.pt"
+    assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}, rerun.stderr[-3000:]
+    run("snakemake --profile cpu", demo)
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)

@@ -1,12 +1,15 @@
-"""Rule pbr_teacher: train MultiViewPBRGenerator (logic in fresnel.pbr.train)."""
+"""Rule pbr_teacher: train MultiViewPBRGenerator (logic in fresnel.pbr.train). Trains in a
+work folder that survives a killed job; a rerun resumes (fresnel.pipeline.resume)."""
 
 from fresnel.pbr.config import apply_overrides, get_config
 from fresnel.pbr.data import dataset_dirs
-from fresnel.pbr.train import train
+from fresnel.pbr.train import TEACHER_CHECKPOINTS, train
 from fresnel.pipeline.adapter import stage
+from fresnel.pipeline.resume import resumable
 
 with stage(snakemake) as rec:
     cfg = snakemake.params.cfg
     config = apply_overrides(get_config(cfg["config"]), cfg.get("overrides", {}))
     input_dir, output_dir = dataset_dirs(snakemake.input.data)
-    rec.stats = train(config, input_dir, output_dir, snakemake.output[0], device=rec.device)
+    with resumable(snakemake, TEACHER_CHECKPOINTS.last, rec) as (work, resume):
+        rec.stats = train(config, input_dir, output_dir, work, resume=resume, device=rec.device)
