@@ -3,6 +3,7 @@
 #   snakemake --profile cpu results/pbr_student.mlpackage
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
 from fresnel.params import parse_command_line_values, read_yaml, validate
+from fresnel.pbr.stage_params import problems as pbr_problems
 from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc
 
 
@@ -13,7 +14,7 @@ configfile: "params.yaml"
 
 
 config.update(parse_command_line_values(config))
-validate(config, source="params.yaml (with --config overrides)")
+validate(config, source="params.yaml (with --config overrides)", checks=[pbr_problems])
 
 
 include: "workflow/rules/common.smk"

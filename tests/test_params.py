@@ -82,3 +82,19 @@ def test_nested_command_line_values_get_their_schema_types():
     cfg["decoder"]["train"]["epochs"] = "five"  # no YAML value fits: validate names it
     with pytest.raises(params.ParamsError, match=r"decoder\.train\.epochs: 'five' is not of type"):
         params.validate(params.parse_command_line_values(cfg))
+
+
+def test_pbr_configs_overrides_and_local_datasets_are_checked_at_load(tmp_path):
+    from fresnel.pbr.stage_params import problems
+
+    cfg = demo_params()
+    cfg["pbr"]["teacher"]["overrides"] = {"model": {"nope": 1}}
+    cfg["pbr"]["student"]["config"] = "tiny_studnet"
+    cfg["pbr"]["dataset"]["source"] = f"local:{tmp_path}"
+    with pytest.raises(params.ParamsError) as err:
+        params.validate(cfg, checks=[problems])
+    message = str(err.value)
+    assert "pbr.teacher: unknown option 'model.nope'" in message
+    assert "pbr.student: unknown config 'tiny_studnet'" in message
+    assert f"pbr.dataset.source: {tmp_path} has no input or output folder" in message
+    assert problems(demo_params()) == []

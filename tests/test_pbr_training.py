@@ -285,3 +285,49 @@ def test_inference_runs_student_checkpoints(overfit, tmp_path):
     assert info["model"] == "student"
     assert info["output_size"] == cfg.data.output_size
     assert load_material(tmp_path / "out")["albedo"].shape[-1] == cfg.data.output_size
+
+
+GUIDE_TEMPLATE = """from train_config import TrainConfig
+
+def get_config():
+    cfg = TrainConfig()
+    cfg.model.encoder_backbone = 'resnet101'
+    cfg.model.transformer_depth = 6
+    cfg.model.use_gan = True
+
+    cfg.training.epochs = 200
+    cfg.training.batch_size = 8
+    cfg.training.use_wandb = False
+
+    cfg.loss.w_l1 = 1.0
+    cfg.loss.w_ssim = 0.5
+    cfg.loss.w_normal = 0.7
+
+    cfg.optimizer.g_lr = 1e-4
+    cfg.optimizer.d_lr = 4e-4
+    cfg.optimizer.scheduler = 'cosine'
+    return cfg
+"""
+
+
+def test_the_guides_config_template_runs_verbatim(tmp_path):
+    path = tmp_path / "my_config.py"
+    path.write_text(GUIDE_TEMPLATE)
+    cfg = get_config(path)
+    assert (cfg.model.encoder_backbone, cfg.training.epochs, cfg.optimizer.d_lr) == (
+        "resnet101",
+        200,
+        4e-4,
+    )
+    assert "train_config" not in __import__("sys").modules  # the alias is not left behind
+    path.write_text("from train_config import get_default_config\n"
+                    "def get_config():\n    return get_default_config()\n")  # fmt: skip
+    assert get_config(path).model.encoder_backbone == "resnet50"
+
+
+def test_use_wandb_without_the_package_is_an_error_not_ignored(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)
+    inputs, outputs = dataset(tmp_path / "data")
+    cfg = tiny(**{"training.use_wandb": True, "training.epochs": 1, "data.val_ratio": 0.0})
+    with pytest.raises(RuntimeError, match="pip install wandb"):
+        train(cfg, inputs, outputs, tmp_path / "ck")

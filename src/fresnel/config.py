@@ -12,8 +12,11 @@ Python and run as code: load only files you trust.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
@@ -89,14 +92,18 @@ def to_dict(cfg) -> dict:
     return asdict(cfg)
 
 
-def load_config_file(path, expected: type):
-    """Run a Python config file and return its `get_config()`, which must be an `expected`."""
+def load_config_file(path, expected: type, aliases: dict[str, str] | None = None):
+    """Run a Python config file and return its `get_config()`, which must be an `expected`.
+
+    `aliases` maps module names a guide's config files import to this package's modules
+    ({"train_config": "fresnel.pbr.config"}), so the guide's template runs unchanged."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     spec = importlib.util.spec_from_file_location(f"_fresnel_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _importable_as(aliases or {}):
+        spec.loader.exec_module(module)
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{path}: defines no get_config() returning a {expected.__name__}")
     cfg = module.get_config()
@@ -108,12 +115,24 @@ def load_config_file(path, expected: type):
     return cfg
 
 
-def get_config(name_or_path, presets: dict[str, Callable], expected: type):
+@contextlib.contextmanager
+def _importable_as(aliases: dict[str, str]):
+    added = [name for name in aliases if name not in sys.modules]
+    for name in added:
+        sys.modules[name] = importlib.import_module(aliases[name])
+    try:
+        yield
+    finally:
+        for name in added:
+            del sys.modules[name]
+
+
+def get_config(name_or_path, presets: dict[str, Callable], expected: type, aliases=None):
     """A preset by name (also as "<name>.py" when no such file exists) or a config file."""
     name = str(name_or_path)
     stem = name.removesuffix(".py")
     if not Path(name).is_file() and stem in presets:
         return presets[stem]()
     if name.endswith(".py") or Path(name).is_file():
-        return load_config_file(name, expected)
+        return load_config_file(name, expected, aliases)
     raise ConfigError(f"unknown config {name!r}: use one of {', '.join(presets)} or a .py file")

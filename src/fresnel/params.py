@@ -36,11 +36,15 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{path or '<top level>'}: {error.message}"
 
 
-def validate(params: dict, source: str = "params.yaml", schema: dict | None = None) -> dict:
-    """Raise ParamsError listing every problem in `params`, each with its key path."""
+def validate(params: dict, source: str = "params.yaml", schema: dict | None = None,
+             checks=()) -> dict:  # fmt: skip
+    """Raise ParamsError listing every problem in `params`, each with its key path.
+    `checks`: more functions params -> problems (a family's checks; params knows none)."""
     validator = jsonschema.Draft202012Validator(schema or load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
     problems = [_describe(e) for e in errors] or _cross_field_problems(params)
+    if not problems:
+        problems = [p for check in checks for p in check(params)]
     if problems:
         lines = "\n".join(f"  {p}" for p in problems)
         raise ParamsError(f"{source} is invalid:\n{lines}")

@@ -84,6 +84,8 @@ class TrainingConfig:
     use_tensorboard: bool = True
     log_every_n_steps: int = 10
     log_images_every_n_epochs: int = 5
+    use_wandb: bool = False  # Weights & Biases (needs `pip install wandb`; offline mode)
+    wandb_project: str = "neuropbr"
     seed: int = 42
 
 
@@ -276,6 +278,11 @@ PRESETS = {
 }
 
 
+# The guide's config files `from train_config import TrainConfig` (or get_default_config).
+GUIDE_MODULES = {"train_config": __name__}
+get_default_config = default_config
+
+
 def get_config(name_or_path: str | Path = "default") -> TrainConfig:
     """A preset by name, or the `get_config()` of a Python config file (validated)."""
-    return kit.get_config(name_or_path, PRESETS, TrainConfig).validate()
+    return kit.get_config(name_or_path, PRESETS, TrainConfig, GUIDE_MODULES).validate()

@@ -380,9 +380,11 @@ def train(
         if trainer.split["val"]
         else None
     )
+    t = cfg.training
+    wandb = {"project": t.wandb_project, "config": cfg.to_dict()} if t.use_wandb else None
     runlog = RunLog(
         ckpt_dir, resume_epoch=trainer.epoch, panels=PANELS,
-        tensorboard_dir=log_dir or ckpt_dir / "logs",
+        tensorboard_dir=log_dir or ckpt_dir / "logs", wandb=wandb,
     )  # fmt: skip
     say(
         f"[Data] {len(train_set)} train entries ({len(train_set.materials)} materials), "
