@@ -7,48 +7,84 @@ import numpy as np
 from chat_server import ChatServer
 from conftest import run
 from fresnel import io
+from fresnel.data.download import IMAGE_SUFFIXES
+
+IMAGE_TYPES = " ".join(IMAGE_SUFFIXES)
 
 
-def test_guide_commands_chain_offline(tmp_path):
-    run("fresnel download_training_data --dataset sample --count 3 --output_dir raw", tmp_path)
-    assert len(list((tmp_path / "raw/images").glob("*.png"))) == 3
+def test_guide_quick_start_verbatim_offline(tmp_path):
+    """Quick Start: download, preprocess, train on the same --data_dir; then inference."""
+    run("fresnel download_training_data --dataset sample --count 3", tmp_path)
+    assert len(list((tmp_path / "images/training/images").glob("*.png"))) == 3
     run(
         "fresnel export_dinov2_model --source tiny-random --output models/dinov2_small.onnx",
         tmp_path,
     )
     run("fresnel export_depth_model --source tiny-random", tmp_path)
-    run("fresnel preprocess_training_data --data_dir raw/images --depth_size 64 "
-        "--use_vlm --vlm_provider offline", tmp_path)  # fmt: skip
-    features = tmp_path / "raw/images/features"
+    for _ in range(2):  # a second run must not read its own outputs back as new images
+        out = run("fresnel preprocess_training_data --data_dir images/training --depth_size 64 "
+                  "--use_vlm --vlm_provider offline", tmp_path)  # fmt: skip
+        assert "target cpu: torch device cpu, AMP off" in out.stderr  # auto, said at start
+    features = tmp_path / "images/training/features"
     ids = json.loads((features / "index.json").read_text())["ids"]
-    assert ids == ["sample_astronaut", "sample_chelsea", "sample_coffee"]
+    # ids are the images' paths under --data_dir (download_training_data writes images/)
+    assert ids == ["images_sample_astronaut", "images_sample_chelsea", "images_sample_coffee"]
+    raw = tmp_path / "images/training/preprocessed/raw"
+    assert json.loads((raw / "rejected.json").read_text()) == [
+        {"item": name, "reason": f"not an image file type ({IMAGE_TYPES})", "ignored": True}
+        for name in ("manifest.parquet", "rejected.json")
+    ]
     assert sorted(p.name for p in features.glob("*_vlm_density.npy")) == [
         f"{i}_vlm_density.npy" for i in ids
     ]
-    depth = io.read_f32_bin(features / "sample_coffee_depth.bin", (64, 64))
+    depth = io.read_f32_bin(features / "images_sample_coffee_depth.bin", (64, 64))
     assert np.isfinite(depth).all() and depth.std() > 0
-    run(
-        "fresnel pack_shards --images_dir raw/images/preprocessed/matted "
-        f"--features_dir {features} --output_dir shards --resolution 32 --shard_size 2 "
-        f"--vlm_dir {features}",
-        tmp_path,
-    )
-    manifest = json.loads((tmp_path / "shards/manifest.json").read_text())
-    assert manifest["count"] == 3 and manifest["vlm_density"]
 
-    run("fresnel train_gaussian_decoder --experiment 2 --data_dir shards --output_dir ck "
-        "--epochs 1 --image_size 16 --gaussians_per_patch 1 --val_fraction 0.34 "
-        "--use_vlm_guidance --vlm_weight 0.5", tmp_path)  # fmt: skip
+    out = run("fresnel train_gaussian_decoder --experiment 2 --data_dir images/training "
+              "--output_dir ck --epochs 1 --image_size 16 --gaussians_per_patch 1 "
+              "--val_fraction 0.34 --use_vlm_guidance --vlm_weight 0.5", tmp_path)  # fmt: skip
+    assert "target cpu: torch device cpu" in out.stderr
+    assert "packed 3 images at 16 px" in out.stderr and "with VLM density" in out.stderr
     assert (tmp_path / "ck/decoder_exp2_last.pt").is_file()  # the final weights
     assert (tmp_path / "ck/decoder_exp2_epoch1.pt").is_file()  # the guide's name, last epoch
     assert (tmp_path / "ck/renders.png").is_file() and (tmp_path / "ck/curves.png").is_file()
-    run(f"fresnel decoder_inference {features}/sample_coffee_dinov2.bin "
-        f"{features}/sample_coffee_depth.bin out.bin --model ck/gaussian_decoder_exp2.onnx "
+    run(f"fresnel decoder_inference {features}/images_sample_coffee_dinov2.bin "
+        f"{features}/images_sample_coffee_depth.bin out.bin --model ck/gaussian_decoder_exp2.onnx "
         "--ply out.ply", tmp_path)  # fmt: skip
     assert (tmp_path / "out.bin").stat().st_size == 37 * 37 * 1 * 14 * 4
     table = run("fresnel evaluate_decoder --model ck/gaussian_decoder_exp2.onnx --run_dir ck "
-                "--data_dir shards --output_dir eval", tmp_path).stdout  # fmt: skip
+                f"--data_dir {features}/shards --output_dir eval", tmp_path).stdout  # fmt: skip
     assert "| decoder |" in table and "| untrained |" in table and "| bicubic |" in table
+
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "images").rglob("*"))
+    run("fresnel preprocess_training_data --data_dir images/training --output_dir elsewhere "
+        "--depth_size 64", tmp_path)  # fmt: skip
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "images").rglob("*")) == before
+    assert json.loads((tmp_path / "elsewhere/index.json").read_text())["ids"] == ids
+    run("fresnel pack_shards --images_dir preprocessed/matted --features_dir "
+        "elsewhere --output_dir shards --resolution 32 --shard_size 2", tmp_path)  # fmt: skip
+    assert json.loads((tmp_path / "shards/manifest.json").read_text())["count"] == 3
+
+
+def test_user_mistakes_are_one_line_naming_the_file_and_the_fix(tmp_path):
+    import pickle
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"config": {}, "x": print}))
+    mistakes = {
+        "train_gaussian_decoder --target cuda --data_dir nowhere": "target 'cuda'",
+        "train_gaussian_decoder --data_dir nowhere": "run `fresnel preprocess_training_data",
+        "download_training_data --dataset local:missing": "directory not found: missing",
+        "coreml_convert evil.pth --output x.mlpackage": "evil.pth: refused",
+        "evaluate_decoder --model m.onnx --run_dir nowhere": "nowhere: 0 decoder_exp*_last.pt",
+    }
+    for command, message in mistakes.items():
+        out = run(f"fresnel {command}", tmp_path, check=False)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode != 0 and "Traceback" not in out.stderr, command
+        assert last.startswith(f"fresnel {command.split()[0]}: ") and message in last, last
+        assert "weights_only=False" not in out.stderr
+    verbose = run("fresnel -v train_gaussian_decoder --data_dir nowhere", tmp_path, check=False)
+    assert "Traceback" in verbose.stderr
 
 
 def test_check_params_names_the_bad_key(tmp_path):

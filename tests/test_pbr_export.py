@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fresnel.pbr import coreml, onnx_export
 from fresnel.pbr.data import normalize_views
@@ -217,3 +218,52 @@ def test_onnx_parity_failure_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(onnx_export.ExportParityError, match="not written"):
         onnx_export.export_onnx(ckpt, tmp_path / "student.onnx", input_size=32)
     assert [p.name for p in tmp_path.iterdir()] == ["student.pth"]
+
+
+# --------------------------------------------------------------------- Core ML inference
+
+
+def test_coreml_inference_pipeline_with_the_onnx_student_standing_in(tiny_ckpt, default_package,
+                                                                     tmp_path):  # fmt: skip
+    """The guide's coreml/run_inference.py on Linux: resize to the package's input side,
+    predict (ONNX export of the same student), Lanczos to 2048, four PNGs."""
+    from fresnel.pbr import coreml_inference
+
+    package, info = default_package
+    renders = tmp_path / "renders"
+    renders.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("c.jpg", "a.png", "b.png", "d.png"):  # the first three, sorted, are used
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(renders / name)
+    onnx = tmp_path / "student.onnx"
+    onnx_export.export_onnx(tiny_ckpt, onnx, input_size=info["input_size"])
+    predictor = coreml_inference.onnx_predictor(onnx)
+    out = coreml_inference.run(package, renders, tmp_path / "out", predictor)
+
+    assert out["views"] == ["a.png", "b.png", "c.jpg"] and out["output_side"] == 2048
+    assert out["model_output_side"] == 2 * info["input_size"]  # the SR head
+    views, _ = coreml_inference.read_views(renders, info["input_size"])
+    raw = predictor(views)
+    for name in ("albedo", "roughness", "metallic", "normal"):
+        with Image.open(tmp_path / "out" / f"{name}.png") as image:
+            assert image.size == (2048, 2048) and image.mode == ("L" if name in
+                                                                  ("roughness", "metallic") else "RGB")  # fmt: skip
+            big = np.asarray(image, np.float32) / 255
+        small = Image.fromarray(big if big.ndim == 2 else big[..., 0], mode="F")
+        back = np.asarray(small.resize(raw[name].shape[-2:][::-1], Image.BOX))
+        want = raw[name][0, 0] if name != "normal" else raw[name][0, 0] * 0.5 + 0.5
+        assert np.abs(back - np.clip(want, 0, 1)).mean() < 0.02, name
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="predict() is real on macOS")
+def test_coreml_inference_command_says_it_needs_macos(default_package, tmp_path):
+    from conftest import run as sh
+
+    renders = tmp_path / "renders"
+    renders.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 60, 90, 200)).save(renders / f"{i}.png")
+    out = sh(f"fresnel coreml_inference {default_package[0]} --input renders --output o",
+             tmp_path, check=False)  # fmt: skip
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "needs macOS" in out.stderr.strip().splitlines()[-1]

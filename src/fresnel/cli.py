@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from fresnel import device
+
 
 def _params(args) -> dict:
     from fresnel.params import for_command
@@ -28,23 +30,33 @@ def _download(args) -> None:
 def _preprocess(args) -> None:
     """The guide's preprocess_training_data: matte (optional background removal) + features."""
     from fresnel.data import download, features, matte
+    from fresnel.data.shards import PREPROCESSED
 
     cfg = _params(args)
     data_dir = Path(args.data_dir)
     output_dir = Path(args.output_dir or data_dir / "features")
-    work = data_dir / "preprocessed"
+    work = output_dir.parent / PREPROCESSED  # default: {data_dir}/preprocessed
     dl = cfg["download"]
     download.run(f"local:{data_dir}", work / "raw", count=args.max_images or 10**9,
                  seed=dl["seed"], min_size=dl["min_size"], on_bad_image="skip",
-                 datasets=dl["datasets"])  # fmt: skip
+                 datasets=dl["datasets"], exclude=_outputs_of_preprocess(data_dir, output_dir))  # fmt: skip
     mcfg = {**cfg["matte"], "remove_background": args.remove_background}
     matte.run(work / "raw", work / "matted", **mcfg)
     stats = features.run(work / "matted", args.dinov2_model, args.depth_model, output_dir,
                          batch_size=args.batch_size, depth_size=args.depth_size,
-                         target=args.target)  # fmt: skip
+                         target=device.announce(args.target).name)  # fmt: skip
     if args.use_vlm:
         stats["vlm"] = _preprocess_vlm(args, cfg["vlm"], work, output_dir)
     print(stats)
+
+
+def _outputs_of_preprocess(data_dir: Path, output_dir: Path) -> tuple[Path, ...]:
+    """Folders preprocess writes (this run's and the default ones of earlier runs): never
+    read back as input images."""
+    from fresnel.data.shards import PREPROCESSED
+
+    outputs = {output_dir, data_dir / "features"}
+    return tuple(sorted({*outputs, *(p.parent / PREPROCESSED for p in outputs)}))
 
 
 def _preprocess_vlm(args, cfg: dict, work: Path, output_dir: Path) -> dict:
@@ -95,9 +107,10 @@ def _dvc_yaml(args) -> None:
 
 def _check_params(args) -> None:
     from fresnel import params
+    from fresnel.pbr.stage_params import problems as pbr_problems
 
     try:
-        params.load(args.file)
+        params.validate(params.read_yaml(args.file), args.file, checks=[pbr_problems])
     except params.ParamsError as exc:
         sys.exit(str(exc))
     print(f"{args.file} is valid")
@@ -120,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fresnel.vlm import cli as vlm_cli
 
     parser = argparse.ArgumentParser(prog="fresnel", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download_training_data", help="download training images")
@@ -141,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_images", type=int, default=None)
     p.add_argument("--dinov2_model", default="models/dinov2_small.onnx")
     p.add_argument("--depth_model", default="models/depth_anything_v2_small.onnx")
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "rocm", "mps"])
+    device.add_target_argument(p)
     p.add_argument("--use_vlm", action="store_true", help="also write VLM density maps")
     p.add_argument("--vlm_url", default="http://localhost:1234/v1/chat/completions")
     p.add_argument("--vlm_grid_size", type=int, choices=[4, 8, 16], default=8)
@@ -196,17 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's input or setup: their message says what to fix."""
     from fresnel.config import ConfigError
+    from fresnel.data.download import DownloadError
     from fresnel.data.matte import MatteError
+    from fresnel.data.shards import ShardError
     from fresnel.images import BadImage
     from fresnel.metrics import MetricUnavailable
     from fresnel.params import ParamsError
+    from fresnel.pbr.coreml import CoreMLUnavailable
     from fresnel.training import TrainingDiverged
     from fresnel.training.checkpoint import CheckpointError
     from fresnel.vlm.client import VLMError
     from fresnel.vlm.stage import VLMStageError
 
-    return (FileNotFoundError, BadImage, MatteError, ParamsError, VLMError, VLMStageError,
-            ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged)  # fmt: skip
+    return (FileNotFoundError, PermissionError, BadImage, MatteError, ParamsError, VLMError,
+            VLMStageError, ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged,
+            DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except _user_errors() as exc:
-        sys.exit(f"fresnel {args.command}: {exc}")
+        if args.verbose:
+            raise
+        sys.exit(f"fresnel {args.command}: {exc} (fresnel -v {args.command} ... for a traceback)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ environment file to install from; nothing silently falls back to the CPU.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -109,6 +110,29 @@ def auto_target() -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def describe(target: Target) -> str:
+    if target.amp_dtype is None:
+        amp = "AMP off (float32)"
+    else:
+        amp = f"AMP {target.amp_dtype} autocast" + (" + GradScaler" if target.grad_scaler else "")
+    return f"target {target.name}: torch device {target.device}, {amp}"
+
+
+def announce(name: str | None = None) -> Target:
+    """Resolve a target for a hand-run command and say, at start, what it means."""
+    target = resolve(name)
+    logging.getLogger("fresnel").info(describe(target))
+    return target
+
+
+def add_target_argument(parser, default: str | None = AUTO) -> None:
+    """The hand-run commands' --target (alias --device, the guides' name)."""
+    parser.add_argument(
+        "--target", "--device", dest="target", default=default, choices=(AUTO, *TARGETS),
+        help="auto: this torch build's GPU when it sees one, else the CPU (said at start)",
+    )  # fmt: skip
 
 
 def onnx_providers(name: str, available: list[str]) -> tuple[list[str], str | None]:

@@ -87,11 +87,13 @@ def run(
     min_size: int,
     on_bad_image: str,
     datasets: dict,
+    exclude=(),
 ) -> dict:
-    """Fill `out_dir` with images/, manifest.parquet and rejected.json; return the counts."""
+    """Fill `out_dir` with images/, manifest.parquet and rejected.json; return the counts.
+    `exclude`: folders a local source skips (a command's own outputs inside its input)."""
     if on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, not {on_bad_image!r}")
-    kind, items, total, rejected = _items(source, count, seed, datasets)
+    kind, items, total, rejected = _items(source, count, seed, datasets, exclude)
     for entry in rejected:
         logger.warning("rejected %s: %s", entry["item"], entry["reason"])
     out = io.reset_dir(out_dir)
@@ -128,13 +130,13 @@ def run(
     return stats
 
 
-def _items(source: str, count: int, seed: int, datasets: dict):
+def _items(source: str, count: int, seed: int, datasets: dict, exclude=()):
     """(the manifest's source name, the items, how many to expect, files already rejected)."""
     if source == "sample":
         items = _sample_items(count, seed)
         return "sample", items, len(items), []
     if source.startswith("local:"):
-        items, rejected = _local_items(Path(source.removeprefix("local:")), count)
+        items, rejected = _local_items(Path(source.removeprefix("local:")), count, exclude)
         return "local", items, len(items), rejected
     if source in datasets:
         return source, _hub_items(source, datasets[source], count), count, []
@@ -220,13 +222,13 @@ def procedural_image(seed: int, index: int, size: int = 256) -> Image.Image:
 # --- local:<dir> --------------------------------------------------------------------------
 
 
-def _local_items(root: Path, count: int) -> tuple[list[_Item], list[dict]]:
+def _local_items(root: Path, count: int, exclude=()) -> tuple[list[_Item], list[dict]]:
     """(the first `count` image files under root, the files that are not used and why).
     Symlinked folders are followed (once each); every file is one or the other."""
     if not root.is_dir():
         raise DownloadError(f"local source: directory not found: {root}")
     candidates, rejected = [], []
-    for path in _walk_files(root):
+    for path in _walk_files(root, exclude):
         rel = path.relative_to(root).as_posix()
         reason = _unusable_reason(path)
         if reason:
@@ -246,11 +248,11 @@ def _local_items(root: Path, count: int) -> tuple[list[_Item], list[dict]]:
     return items, rejected
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    seen = set()
+def _walk_files(root: Path, exclude=()) -> Iterator[Path]:
+    seen = {os.path.realpath(p) for p in exclude}
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:  # a symlink loop, or a folder linked twice
+        if real in seen:  # excluded, a symlink loop, or a folder linked twice
             dirs[:] = []
             continue
         seen.add(real)

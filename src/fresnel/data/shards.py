@@ -99,6 +99,44 @@ def pack(
     return {"images": len(rows), "shards": len(shards)}
 
 
+# preprocess_training_data writes <features>/../preprocessed/{raw,matted}; training packs a
+# features folder into <features>/shards.
+PREPROCESSED, PACKED = "preprocessed", "shards"
+
+
+def for_training(data_dir, resolution: int, seed: int = 0) -> Path:
+    """The shard folder for a training `--data_dir`, as the guide's Quick Start uses it: a
+    shard folder itself, or an image folder that preprocess_training_data processed (its
+    `features/`), or that features folder. A features folder is packed into `<features>/shards`
+    at `resolution`, and repacked only when the features, images or resolution changed."""
+    data_dir = Path(data_dir)
+    if (data_dir / MANIFEST).is_file():
+        return data_dir
+    features = next((d for d in (data_dir, data_dir / "features") if (d / "index.json").is_file()),
+                    None)  # fmt: skip
+    if features is None:
+        raise ShardError(
+            f"{data_dir}: holds neither shards ({MANIFEST}) nor preprocessed features "
+            f"(features/index.json); run `fresnel preprocess_training_data --data_dir {data_dir}`"
+            " first, or pass a shard folder"
+        )
+    out = features / PACKED
+    images = features.parent / PREPROCESSED / "matted"
+    vlm = features if any(features.glob("*_vlm_density.npy")) else None
+    source = {"index": sha256_file(features / "index.json"), "resolution": resolution,
+              "images": sha256_file(images / "manifest.parquet"), "vlm": vlm is not None}  # fmt: skip
+    if (out / MANIFEST).is_file() and read_manifest(out).get("source") == source:
+        log.info("%s: training on the shards packed earlier in %s", data_dir, out)
+        return out
+    stats = pack(images, features, out, resolution, shard_size=256, seed=seed, vlm_dir=vlm)
+    manifest = read_manifest(out)
+    write_json(out / MANIFEST, {**manifest, "source": source})
+    log.info("%s: preprocessed images and features, not shards: packed %d images at %d px into "
+             "%s%s", data_dir, stats["images"], resolution, out,
+             " with VLM density" if vlm else "")  # fmt: skip
+    return out
+
+
 def read_manifest(shard_dir) -> dict:
     manifest = json.loads((Path(shard_dir) / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:

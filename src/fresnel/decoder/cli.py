@@ -6,19 +6,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fresnel import device
+
 
 def _train(args) -> None:
     """The guide's train_gaussian_decoder: train, then export the ONNX next to the checkpoints."""
     from dataclasses import fields
 
+    from fresnel.data.shards import for_training
     from fresnel.decoder.config import TrainConfig
     from fresnel.decoder.export import export_onnx, held_out_inputs
     from fresnel.decoder.train import train
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    result = train(config, args.data_dir, args.output_dir, args.device, args.resume)
+    target = device.announce(args.target).name
+    shards = for_training(args.data_dir, config.image_size, config.seed)
+    result = train(config, shards, args.output_dir, target, args.resume)
     onnx = Path(args.output_dir) / f"gaussian_decoder_exp{config.experiment}.onnx"
-    features, depth = held_out_inputs(result["checkpoint"], args.data_dir)
+    features, depth = held_out_inputs(result["checkpoint"], shards)
     print({**result, **export_onnx(result["checkpoint"], onnx, features, depth), "onnx": str(onnx)})
 
 
@@ -78,10 +83,12 @@ def _final_checkpoint(run_dir: Path, experiment: int | None) -> Path:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train_gaussian_decoder", help="train the decoder from teacher shards")
-    p.add_argument("--data_dir", default="data/shards", help="a shard folder (fresnel pack_shards)")
+    p.add_argument("--data_dir", default="images/training",
+                   help="the preprocessed image folder (packed into shards on first use) or a "
+                        "shard folder (fresnel pack_shards)")  # fmt: skip
     p.add_argument("--output_dir", default="checkpoints")
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "rocm", "mps", "auto"])
+    device.add_target_argument(p)
     _add_train_flags(p)
     p.set_defaults(func=_train)
 

@@ -1,12 +1,13 @@
 """NeuroPBR subcommands of `fresnel`, with the guide's script names and flags:
 train.py -> pbr_train, teacher_infer.py -> teacher_infer, student/train.py -> student_train,
-coreml/converter.py -> coreml_convert, run_inference.py -> run_inference."""
+coreml/converter.py -> coreml_convert, coreml/run_inference.py -> coreml_inference,
+run_inference.py -> run_inference."""
 
 from __future__ import annotations
 
 import json
 
-DEVICES = ["auto", "cpu", "cuda", "rocm", "mps"]
+from fresnel import device
 
 
 def _print(result) -> None:
@@ -30,8 +31,9 @@ def _train(args) -> None:
                      2 if args.use_dirty else args.render_curriculum}  # fmt: skip
         cfg = apply_overrides(get_config(args.config or "default"),
                               {k: v for k, v in overrides.items() if v is not None})  # fmt: skip
+    # --target not given: the config's training.device (the [Data] line says what it chose)
     _print(train(cfg, args.input_dir, args.output_dir, args.checkpoint_dir, resume=args.resume,
-                 device=None if args.device == "auto" else args.device))  # fmt: skip
+                 device=args.target))  # fmt: skip
 
 
 def _teacher_infer(args) -> None:
@@ -40,7 +42,8 @@ def _teacher_infer(args) -> None:
     _print(teacher_infer(
         args.checkpoint, args.input_dir, args.output_dir, args.shards_dir,
         shard_output_size=args.shard_output_size, shard_size=args.shard_size,
-        batch_size=args.batch_size, device=args.device, render_curriculum=args.render_curriculum,
+        batch_size=args.batch_size, device=device.announce(args.target).name,
+        render_curriculum=args.render_curriculum,
         metadata_path=args.metadata_path, data_root=args.data_root, num_workers=args.num_workers,
     ))  # fmt: skip
 
@@ -55,7 +58,8 @@ def _student_train(args) -> None:
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     _print(train_student(
         cfg, args.shards_dir, args.input_dir, args.output_dir, args.checkpoint_dir,
-        resume=args.resume, device=args.device, metadata_path=args.metadata_path,
+        resume=args.resume, device=device.announce(args.target).name,
+        metadata_path=args.metadata_path,
         num_workers=args.num_workers,
     ))  # fmt: skip
 
@@ -66,6 +70,12 @@ def _coreml(args) -> None:
     _print(convert(args.checkpoint, args.output, fp16=not args.no_fp16,
                    palettization=args.palettization, test_resolution=args.test_resolution,
                    use_sr=args.use_sr))  # fmt: skip
+
+
+def _coreml_inference(args) -> None:
+    from fresnel.pbr import coreml_inference
+
+    _print(coreml_inference.run(args.package, args.input, args.output))
 
 
 def _onnx(args) -> None:
@@ -80,14 +90,14 @@ def _inference(args) -> None:
 
     _print(run_inference(args.checkpoint, args.out_dir, sample_idx=args.sample_idx,
                          input_dir=args.input_dir, data_root=args.data_root,
-                         device=args.device))  # fmt: skip
+                         device=device.announce(args.target).name))  # fmt: skip
 
 
 def _evaluate(args) -> None:
     from fresnel.pbr.evaluate import evaluate_models
 
     _print(evaluate_models(args.data_root, args.teacher, args.student, args.out_dir,
-                           args.heldout_lights, args.device))  # fmt: skip
+                           args.heldout_lights, device.announce(args.target).name))  # fmt: skip
 
 
 def _add_teacher_infer(sub) -> None:
@@ -101,7 +111,7 @@ def _add_teacher_infer(sub) -> None:
     p.add_argument("--shard-output-size", type=int, help="resize teacher outputs to this side")
     p.add_argument("--shard-size", type=int, default=8, help="samples per shard file")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="cpu", choices=DEVICES[1:])
+    device.add_target_argument(p)
     p.add_argument("--num-workers", type=int, default=0, help="PNG-decoding processes")
     p.add_argument("--render-curriculum", type=int, choices=(0, 1, 2),
                    help="default: the teacher config's curriculum")  # fmt: skip
@@ -117,7 +127,7 @@ def _add_student_train(sub) -> None:
     p.add_argument("--metadata-path", help="default INPUT_DIR/render_metadata.json")
     p.add_argument("--checkpoint-dir", default="./checkpoints_student")
     p.add_argument("--resume", help="latest_student.pth or student_epoch_NNNN.pth")
-    p.add_argument("--device", default="cpu", choices=DEVICES[1:])
+    device.add_target_argument(p)
     p.add_argument("--num-workers", type=int, default=0, help="PNG-decoding processes")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -145,7 +155,7 @@ def add_commands(sub) -> None:
     p.add_argument("--use-dirty", action="store_true", help="legacy: curriculum 2")
     p.add_argument("--checkpoint-dir", default=None, help="default: the config's")
     p.add_argument("--resume", default=None, help="checkpoint_epoch_NNNN.pth or latest.pth")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    device.add_target_argument(p, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.set_defaults(func=_train)
 
@@ -162,6 +172,13 @@ def add_commands(sub) -> None:
     p.add_argument("--use-sr", action="store_true", help="keep SR at --test-resolution")
     p.set_defaults(func=_coreml)
 
+    p = sub.add_parser("coreml_inference",
+                       help="NeuroPBR: .mlpackage on three renders -> four 2048 maps (macOS)")  # fmt: skip
+    p.add_argument("package", help="the converted student .mlpackage")
+    p.add_argument("--input", required=True, help="folder with three renders (png/jpg, sorted)")
+    p.add_argument("--output", default="inference_results")
+    p.set_defaults(func=_coreml_inference)
+
     p = sub.add_parser("export_student_onnx", help="NeuroPBR: student checkpoint -> ONNX")
     p.add_argument("checkpoint")
     p.add_argument("--output", default="pbr_student.onnx")
@@ -177,7 +194,7 @@ def add_commands(sub) -> None:
     p.add_argument("--input-dir", default=None, help="a folder with exactly three PNG renders")
     p.add_argument("--data-root", default="./data", help="dataset for --sample-idx")
     p.add_argument("--out-dir", default="inference_outputs")
-    p.add_argument("--device", default="cpu", choices=DEVICES[1:])
+    device.add_target_argument(p)
     p.set_defaults(func=_inference)
 
     p = sub.add_parser("pbr_evaluate", help="NeuroPBR: teacher vs student vs mean-map baseline")
@@ -186,5 +203,5 @@ def add_commands(sub) -> None:
     p.add_argument("--student", required=True, help="student checkpoint")
     p.add_argument("--out-dir", default="pbr_eval")
     p.add_argument("--heldout-lights", type=int, default=4)
-    p.add_argument("--device", default="cpu", choices=DEVICES[1:])
+    device.add_target_argument(p)
     p.set_defaults(func=_evaluate)
