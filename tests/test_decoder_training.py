@@ -17,6 +17,7 @@ from fresnel.decoder.evaluate import bicubic_baseline, evaluate, markdown_table
 from fresnel.decoder.train import (
     Trainer,
     checkpoint_names,
+    crop,
     pixel_weights,
     render_batch,
     resize_targets,
@@ -65,8 +66,37 @@ def test_hfts_plan_follows_the_guide():
     plans = [hfts.plan_epoch(e, 8, 256, 4, fast_mode=True) for e in range(8)]
     assert [p.resolution for p in plans] == [64] * 6 + [256] * 2
     assert [p.k_active for p in plans] == [1, 1, 2, 2, 4, 4, 4, 4]
-    assert [p.stochastic_k for p in plans] == [256] * 6 + [None] * 2
+    assert [p.region for p in plans] == [32] * 6 + [None] * 2  # 256 of 1,369-5,476 at 64 px
     assert hfts.plan_epoch(0, 8, 256, 4) == hfts.EpochPlan(256, 4, None)
+    # --stochastic_k 256 of 5,476 Gaussians at 256 px: a 64 px region (about 300 touch it)
+    assert hfts.plan_epoch(0, 8, 256, 4, stochastic_k=256).region == 64
+    assert hfts.plan_epoch(0, 8, 256, 4, stochastic_k=5476).region is None
+
+
+def test_a_region_render_is_the_full_render_there_values_and_gradients(tmp_path):
+    """What --stochastic_k trains on: a region rendered with every Gaussian touching it has
+    the full render's pixels, and its loss the same gradient as the full render cropped."""
+    trainer = Trainer(small_config(), make_shards(tmp_path), tmp_path / "run")
+    batch = next(iter(torch.utils.data.DataLoader(shards.ShardStream(trainer.shard_dir),
+                                                  batch_size=2)))  # fmt: skip
+    packed = trainer.predict(batch).detach()
+    regions = [(5, 19, 32), (40, 0, 32)]
+
+    def loss_and_grad(render_regions_only: bool):
+        leaf = packed.clone().requires_grad_(True)
+        if render_regions_only:
+            render = render_batch(trainer.renderer, leaf, 72, regions)
+        else:
+            render = crop(render_batch(trainer.renderer, leaf, 72), regions)
+        (render * torch.linspace(0, 1, 32)).sum().backward()
+        return render.detach(), leaf.grad
+
+    (part, part_grad), (full, full_grad) = loss_and_grad(True), loss_and_grad(False)
+    assert full.std() > 0.01  # the regions hold Gaussians, not only background
+    assert torch.allclose(part, full, atol=1e-5)
+    assert full_grad.abs().sum() > 0
+    scale = float(full_grad.abs().max())  # float32 sums in another order: relative tolerance
+    assert torch.allclose(part_grad, full_grad, atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_vlm_weight_zero_is_exactly_unweighted():

@@ -3,7 +3,7 @@
 One epoch: stream the training shards, predict Gaussians, render each with the tile
 renderer at the epoch's HFTS plan, minimise the photometric loss, then render the held-out
 images with every Gaussian at full resolution and log PSNR/SSIM. Deterministic on CPU:
-model init, data order and stochastic sampling all derive from the seed and the epoch, so a
+model init, data order and sampled regions all derive from the seed and the epoch, so a
 resumed run reproduces an uninterrupted one exactly.
 
 AMP, checkpoints, seeding and the run log are `fresnel.training`'s. Every epoch writes
@@ -33,7 +33,7 @@ from fresnel.data.shards import ShardStream, read_manifest
 from fresnel.decoder import fresnel_zones, gaussians
 from fresnel.decoder.config import TrainConfig
 from fresnel.decoder.gaussians import select_per_patch
-from fresnel.decoder.hfts import EpochPlan, importance_sample, plan_epoch
+from fresnel.decoder.hfts import EpochPlan, plan_epoch, sample_regions
 from fresnel.decoder.losses import PhotometricLoss, vlm_weight_map
 from fresnel.decoder.models import build_decoder
 from fresnel.decoder.pictures import log_renders
@@ -109,19 +109,25 @@ def camera(resolution: int) -> Camera:
     return Camera(fx=fx, fy=fy, cx=cx, cy=cy, width=resolution, height=resolution)
 
 
-def render_batch(renderer, packed, resolution, stochastic_k=None, generator=None):
-    """Render (B, N, 14) packed Gaussians -> (B, 3, R, R) images."""
+def render_batch(renderer, packed, resolution, regions=None):
+    """Render (B, N, 14) packed Gaussians -> (B, 3, R, R) images; with one (x0, y0, side)
+    region per scene, only those regions (B, 3, side, side), each with every Gaussian that
+    touches it, so its pixels are the full render's there."""
     cam = camera(resolution)
     images = []
-    for scene in packed:
-        g = gaussians.unpack(scene)
-        if stochastic_k is not None:
-            keep = importance_sample(
-                g["opacities"], g["scales"], g["means"], stochastic_k, generator
-            )
-            g = {k: v[keep] for k, v in g.items()}
-        images.append(renderer(**g, camera=cam).image)
+    for i, scene in enumerate(packed):
+        view = cam if regions is None else cam.cropped(*regions[i])
+        images.append(renderer(**gaussians.unpack(scene), camera=view).image)
     return torch.stack(images)
+
+
+def crop(images: torch.Tensor | None, regions) -> torch.Tensor | None:
+    """(B, C, R, R) -> (B, C, side, side): each image's (x0, y0, side) region."""
+    if images is None or regions is None:
+        return images
+    return torch.stack(
+        [im[..., y : y + s, x : x + s] for im, (x, y, s) in zip(images, regions, strict=True)]
+    )
 
 
 def resize_targets(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -226,9 +232,14 @@ class Trainer:
         packed = self.predict(batch, plan.k_active)
         if not torch.isfinite(packed).all():
             raise TrainingDiverged("the decoder predicted NaN/Inf Gaussians")
-        render = render_batch(self.renderer, packed, plan.resolution, plan.stochastic_k, generator)
-        target = resize_targets(batch["image"].to(self.device), plan.resolution)
-        total, parts = self.loss(render, target, pixel_weights(batch, self.config, plan.resolution))
+        regions = None
+        if plan.region is not None:
+            origins = sample_regions(len(packed), plan.resolution, plan.region, generator)
+            regions = [(x, y, plan.region) for x, y in origins]
+        render = render_batch(self.renderer, packed, plan.resolution, regions)
+        target = crop(resize_targets(batch["image"].to(self.device), plan.resolution), regions)
+        weight = crop(pixel_weights(batch, self.config, plan.resolution), regions)
+        total, parts = self.loss(render, target, weight)
         self.amp.step(total, self.optimizer, self.model.parameters(), clip=self.config.grad_clip)
         self.progress.global_step += 1
         return {"loss": float(total.detach()), **parts}
@@ -260,7 +271,7 @@ class Trainer:
             losses.append(self.train_step(batch, plan, generator))
         means = {f"train_{k}": float(np.mean([s[k] for s in losses])) for k in losses[0]}
         return {"epoch": epoch + 1, "resolution": plan.resolution, "k_active": plan.k_active,
-                "stochastic_k": plan.stochastic_k or 0, **means,
+                "region": plan.region or 0, **means,
                 "epoch_seconds": time.perf_counter() - started}  # fmt: skip
 
 

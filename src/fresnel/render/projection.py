@@ -42,6 +42,11 @@ class Camera:
         sx, sy = width / self.width, height / self.height
         return Camera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
 
+    def cropped(self, x0: int, y0: int, width: int, height: int | None = None) -> Camera:
+        """The same camera seeing only the pixels [x0, x0 + width) x [y0, y0 + height)."""
+        height = width if height is None else height
+        return Camera(self.fx, self.fy, self.cx - x0, self.cy - y0, width, height)
+
 
 @dataclass
 class RenderOutput:
