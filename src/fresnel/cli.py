@@ -219,12 +219,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from fresnel.pbr.coreml import CoreMLUnavailable
     from fresnel.training import TrainingDiverged
     from fresnel.training.checkpoint import CheckpointError
+    from fresnel.training.distributed import DistributedSetupError
     from fresnel.vlm.client import VLMError
     from fresnel.vlm.stage import VLMStageError
 
     return (FileNotFoundError, PermissionError, BadImage, MatteError, ParamsError, VLMError,
             VLMStageError, ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged,
-            DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable)  # fmt: skip
+            DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable,
+            DistributedSetupError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

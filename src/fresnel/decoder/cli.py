@@ -17,11 +17,22 @@ def _train(args) -> None:
     from fresnel.decoder.config import TrainConfig
     from fresnel.decoder.export import export_onnx, held_out_inputs
     from fresnel.decoder.train import train
+    from fresnel.training import distributed
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    target = device.announce(args.target).name
+    target = device.announce(args.target)
+    world = distributed.init(target.torch_device())  # one rank unless torchrun / srun
+    if not world.main:
+        world.barrier()  # rank 0 packs the shards first
     shards = for_training(args.data_dir, config.image_size, config.seed)
-    result = train(config, shards, args.output_dir, target, args.resume)
+    if world.main:
+        world.barrier()
+    try:
+        result = train(config, shards, args.output_dir, target.name, args.resume, world)
+    finally:
+        world.close()
+    if not world.main:
+        return
     onnx = Path(args.output_dir) / f"gaussian_decoder_exp{config.experiment}.onnx"
     features, depth = held_out_inputs(result["checkpoint"], shards)
     print({**result, **export_onnx(result["checkpoint"], onnx, features, depth), "onnx": str(onnx)})

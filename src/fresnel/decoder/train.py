@@ -46,11 +46,13 @@ from fresnel.training import (
     Progress,
     RunLog,
     TrainingDiverged,
+    World,
     epoch_generator,
     final_checkpoint,
     read_checkpoint,
 )
 from fresnel.training.checkpoint import CheckpointError
+from fresnel.training.distributed import rank_device
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +162,13 @@ def pixel_weights(batch: dict, config: TrainConfig, resolution: int):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, shard_dir, output_dir, target: str = "cpu"):
+    def __init__(self, config: TrainConfig, shard_dir, output_dir, target: str = "cpu",
+                 world: World | None = None):  # fmt: skip
         self.config = config
         self.shard_dir, self.output_dir = Path(shard_dir), Path(output_dir)
         self.target = devices.resolve(target)
-        self.device = self.target.torch_device()
+        self.world = world or World()
+        self.device = rank_device(self.target.torch_device(), self.world)
         self.model = make_model(config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.amp = Amp(self.target, enabled=config.use_amp)
@@ -229,20 +233,34 @@ class Trainer:
         return packed
 
     def train_step(self, batch: dict, plan: EpochPlan, generator) -> dict:
+        """One optimiser step on a global batch, of which this rank computes its share
+        (all of it in a world of one; see fresnel.training.distributed)."""
+        n = len(batch["id"])
+        regions = None
+        if plan.region is not None:
+            origins = sample_regions(n, plan.resolution, plan.region, generator)
+            regions = [(x, y, plan.region) for x, y in origins]
+        mine = self.world.share(n)
+        share = (mine.stop - mine.start) / n
+        if share == 0:  # fewer items than ranks: compute on one, counted zero times
+            mine = slice(0, 1)
+        batch = {k: v[mine] for k, v in batch.items()}
+        regions = regions[mine] if regions else None
+        total, parts = self.loss_of(batch, plan, regions)
+        params = list(self.model.parameters())
+        self.amp.step(total, self.optimizer, params, clip=self.config.grad_clip,
+                      reduce=lambda: self.world.reduce_gradients(params, share))  # fmt: skip
+        self.progress.global_step += 1
+        return self.world.weighted_sum({"loss": float(total.detach()), **parts}, share)
+
+    def loss_of(self, batch: dict, plan: EpochPlan, regions) -> tuple[torch.Tensor, dict]:
         packed = self.predict(batch, plan.k_active)
         if not torch.isfinite(packed).all():
             raise TrainingDiverged("the decoder predicted NaN/Inf Gaussians")
-        regions = None
-        if plan.region is not None:
-            origins = sample_regions(len(packed), plan.resolution, plan.region, generator)
-            regions = [(x, y, plan.region) for x, y in origins]
         render = render_batch(self.renderer, packed, plan.resolution, regions)
         target = crop(resize_targets(batch["image"].to(self.device), plan.resolution), regions)
         weight = crop(pixel_weights(batch, self.config, plan.resolution), regions)
-        total, parts = self.loss(render, target, weight)
-        self.amp.step(total, self.optimizer, self.model.parameters(), clip=self.config.grad_clip)
-        self.progress.global_step += 1
-        return {"loss": float(total.detach()), **parts}
+        return self.loss(render, target, weight)
 
     @torch.no_grad()
     def validate(self, epoch: int) -> tuple[dict, tuple]:
@@ -267,7 +285,8 @@ class Trainer:
         losses = []
         steps = batches(self.stream, self.train_ids, self.config.batch_size)
         total = math.ceil(len(self.train_ids) / self.config.batch_size)
-        for batch in tqdm(steps, total=total, desc=f"epoch {epoch + 1}", leave=False):
+        for batch in tqdm(steps, total=total, desc=f"epoch {epoch + 1}", leave=False,
+                          disable=not self.world.main):  # fmt: skip
             losses.append(self.train_step(batch, plan, generator))
         means = {f"train_{k}": float(np.mean([s[k] for s in losses])) for k in losses[0]}
         return {"epoch": epoch + 1, "resolution": plan.resolution, "k_active": plan.k_active,
@@ -275,29 +294,46 @@ class Trainer:
                 "epoch_seconds": time.perf_counter() - started}  # fmt: skip
 
 
-def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None) -> dict:
+def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None,
+          world: World | None = None) -> dict:  # fmt: skip
     """Train for config.epochs (continuing `resume`, a checkpoint, when given); returns the
-    final checkpoint's path and the last epoch's record. See module doc."""
-    trainer = Trainer(config, shard_dir, output_dir, target)
+    final checkpoint's path and the last epoch's record. Under torchrun/srun every rank
+    calls this with its `world`; rank 0 validates, logs and writes. See module doc."""
+    world = world or World()
+    trainer = Trainer(config, shard_dir, output_dir, target, world)
     if resume:
         trainer.resume(resume)
-    runlog = RunLog(trainer.output_dir, resume_epoch=trainer.progress.epoch, panels=PANELS,
-                    dvclive=True)  # fmt: skip
+    runlog = None
+    if world.main:
+        runlog = RunLog(trainer.output_dir, resume_epoch=trainer.progress.epoch, panels=PANELS,
+                        dvclive=True)  # fmt: skip
     try:
         for epoch in range(trainer.progress.epoch, config.epochs):
             try:
                 record = trainer.run_epoch(epoch)
             except TrainingDiverged as exc:
                 raise trainer.diverged(epoch, exc) from exc
-            val, sample = trainer.validate(epoch)
-            record.update(val)
-            if sample is not None:
-                log_renders(runlog, epoch + 1, *sample)
-            runlog.epoch(record)
-            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
-            trainer.save_epoch(record)
+            if world.main:
+                finish_epoch(trainer, runlog, epoch, record)
+            world.barrier()  # the epoch's checkpoint is written before any rank goes on
     finally:
-        runlog.close()
-    last = runlog.records[-1:] or trainer.progress.history[-1:]
+        if runlog is not None:
+            runlog.close()
+    digest = world.check_same_weights(trainer.model)
+    if world.size > 1:
+        log.info("rank %d: weights identical on all %d ranks (sha256 %s)", world.rank,
+                 world.size, digest[:16])  # fmt: skip
+    last = (runlog.records[-1:] if runlog else []) or trainer.progress.history[-1:]
     checkpoint = final_checkpoint(trainer.output_dir, trainer.checkpoints.names)
     return {"checkpoint": str(checkpoint), **(last[0] if last else {})}
+
+
+def finish_epoch(trainer: Trainer, runlog: RunLog, epoch: int, record: dict) -> None:
+    """Validate, log and checkpoint the finished epoch (rank 0's part)."""
+    val, sample = trainer.validate(epoch)
+    record.update(val)
+    if sample is not None:
+        log_renders(runlog, epoch + 1, *sample)
+    runlog.epoch(record)
+    log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+    trainer.save_epoch(record)

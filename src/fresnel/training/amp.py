@@ -37,11 +37,15 @@ class Amp:
     def autocast(self):
         return self.target.autocast() if self.enabled else contextlib.nullcontext()
 
-    def backward(self, loss: torch.Tensor, optimizer, what: str = "loss") -> None:
-        """Check the loss, backpropagate it scaled, and unscale the optimiser's gradients."""
+    def backward(self, loss: torch.Tensor, optimizer, what: str = "loss", reduce=None) -> None:
+        """Check the loss, backpropagate it scaled, `reduce()` the gradients (summing them over
+        ranks: before unscaling, so that every rank's scaler sees the same inf/NaN), and
+        unscale the optimiser's gradients."""
         check_finite(loss, what)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if reduce is not None:
+            reduce()
         self.scaler.unscale_(optimizer)
 
     def apply(self, optimizer, params=None, clip: float | None = None) -> float | None:
@@ -57,8 +61,8 @@ class Amp:
         self.scaler.update()
         return norm
 
-    def step(self, loss, optimizer, params=None, clip=None, what: str = "loss"):
-        self.backward(loss, optimizer, what)
+    def step(self, loss, optimizer, params=None, clip=None, what: str = "loss", reduce=None):
+        self.backward(loss, optimizer, what, reduce)
         return self.apply(optimizer, params, clip)
 
 
