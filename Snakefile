@@ -38,3 +38,7 @@ rule all:
 
 onsuccess:
     commit_to_dvc(workflow)
+
+
+onerror:
+    commit_to_dvc(workflow)  # the jobs that finished before the failure

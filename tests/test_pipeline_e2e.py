@@ -187,6 +187,17 @@ def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
     assert nothing_to_do(clone)
 
 
+def test_jobs_finished_before_a_failure_are_committed_so_both_tools_agree(workspace):
+    """decoder_train fails at start (LPIPS asked for without its backbone file): the jobs
+    that finished before it are in dvc.lock, so DVC and Snakemake name the same stale stages."""
+    set_param(workspace, "decoder.train.lpips_weight", 0.1)
+    out = run("snakemake --profile cpu results/decoder_exp2", workspace, check=False)
+    assert out.returncode != 0 and "decoder.train.lpips_backbone" in out.stdout + out.stderr
+    stale = dvc_stale(workspace)
+    assert not stale & {"download", "matte", "features", "shards"}
+    assert {name.split("-")[0] for name in stale} == snakemake_plan(workspace)
+
+
 def test_bad_params_fail_before_any_job(workspace):
     set_param(workspace, "decoder.train.lr", "fast")
     set_param(workspace, "matte.colour", "black")

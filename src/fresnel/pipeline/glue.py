@@ -6,8 +6,9 @@
 - `sync_from_dvc` (Snakefile load): stages that DVC considers up to date (after `dvc repro`,
   a run-cache restore or `dvc pull`) are marked up to date in Snakemake's metadata too,
   with `snakemake --touch`, so `snakemake -n` has nothing to do.
-- `commit_to_dvc` (Snakefile onsuccess): stages whose jobs Snakemake ran itself are
-  committed to dvc.lock, so `dvc status` is clean after a `snakemake` run.
+- `commit_to_dvc` (Snakefile onsuccess and onerror): stages whose jobs this Snakemake run
+  finished are committed to dvc.lock, so `dvc status` is clean after a `snakemake` run,
+  and after a failed one names only what Snakemake would rerun.
 
 Both are skipped inside a DVC stage (DVC_STAGE is set) and in nested calls.
 """
@@ -20,7 +21,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 SYNC_STATE = Path(".snakemake/fresnel-dvc-sync.json")
 NESTED_ENV = "FRESNEL_NESTED_SNAKEMAKE"
 SKIP_ENV = "FRESNEL_NO_DVC_SYNC"
-_RUN_STARTED = time.time()
 DVC = [sys.executable, "-m", "dvc"]  # the dvc of this environment, whatever PATH says
 
 
@@ -129,31 +128,18 @@ def sync_from_dvc(workflow) -> None:
         if result.returncode != 0:
             raise RuntimeError(f"marking DVC-restored outputs up to date failed:\n{result.stderr}")
     write_json(SYNC_STATE, {"fp": _fingerprint(stages), "marked_up_to_date": existing})
-    global _RUN_STARTED
-    _RUN_STARTED = time.time()  # what the touch rewrote was not produced by this run
-
-
-def _written_this_session(outputs: list[str]) -> bool:
-    """True when every output was (re)written after this snakemake invocation started.
-
-    Snakemake touches each output (a directory's `.snakemake_timestamp`) when its job ends;
-    outputs that a job did not produce in this invocation are older.
-    """
-
-    def mtime(path: Path) -> float:
-        stamp = path / ".snakemake_timestamp"
-        return max(path.stat().st_mtime, stamp.stat().st_mtime if stamp.exists() else 0.0)
-
-    paths = [Path(o) for o in outputs]
-    return bool(paths) and all(p.exists() and mtime(p) >= _RUN_STARTED for p in paths)
 
 
 def commit_to_dvc(workflow) -> None:
-    """`dvc commit` the stages whose jobs this Snakemake invocation ran."""
+    """`dvc commit` the stages whose jobs this Snakemake invocation finished: on success,
+    and on failure for the jobs that completed before it (Snakemake deletes a failed job's
+    outputs, and `finished_jobs` never holds it)."""
     if not _active(workflow) or workflow.dryrun or workflow.touch:
         return
     stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
-    ran = [name for name, s in stages.items() if _written_this_session(s.get("outs", []))]
+    finished = {str(f) for job in workflow.dag.finished_jobs for f in job.output}
+    ran = [name for name, s in stages.items()
+           if s.get("outs") and all(o in finished and Path(o).exists() for o in s["outs"])]  # fmt: skip
     if not ran:
         return
     result = subprocess.run(
