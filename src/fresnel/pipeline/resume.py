@@ -3,8 +3,10 @@
 Snakemake deletes the outputs of a failed or killed job, and a training job's output folder
 holds its checkpoints. So a training rule trains in `.fresnel-runs/<job>-<key>/` and the
 folder becomes the job's output (one rename) only when training finished. The key hashes
-everything that decides the result: the rule and wildcards, the params, the contents of the
-code files, and the size and modification time of every input file. A rerun with the same
+everything that decides the result: the rule and wildcards, the params and the contents of
+every input file, code included (contents, not modification times: the DVC sync touches
+outputs that DVC restored or knows to be current, and a touch must not lose a run; hashing
+reads the inputs once per job start, as `dvc status` does). A rerun with the same
 key resumes from the folder's `last` checkpoint; a changed param, code file or input gives
 another key, so a stale run is never resumed. When a job succeeds, the folders of its
 earlier keys (unfinished runs that can no longer be resumed) are deleted.
@@ -33,14 +35,11 @@ def job_name(smk) -> str:
 
 def run_key(smk) -> str:
     """sha256 of what decides a training job's result (see the module doc)."""
-    code = {str(p) for p in getattr(smk.input, "code", [])}
-    files = {}
-    for name in sorted(str(p) for p in smk.input):
-        for path in _files(Path(name)):
-            stat = path.stat()
-            files[str(path)] = (
-                sha256_file(path) if name in code else [stat.st_size, stat.st_mtime_ns]
-            )
+    files = {
+        str(path): sha256_file(path)
+        for name in sorted(str(p) for p in smk.input)
+        for path in _files(Path(name))
+    }
     params = {k: v for k, v in smk.params.items()}
     blob = json.dumps([job_name(smk), params, files], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
