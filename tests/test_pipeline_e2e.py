@@ -185,6 +185,10 @@ def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
     assert (clone / "data/shards/manifest.json").is_file()
     assert dvc_stale(clone) == set()
     assert nothing_to_do(clone)
+    count = yaml.safe_load((clone / "params.yaml").read_text())["download"]["count"]
+    set_param(clone, "download.count", count + 1)  # a rule without inputs, restored by the pull
+    assert dvc_stale(clone) == {"download"}
+    assert {"download", "matte", "features"} <= snakemake_plan(clone)
 
 
 def test_jobs_finished_before_a_failure_are_committed_so_both_tools_agree(workspace):

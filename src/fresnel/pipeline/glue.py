@@ -124,7 +124,10 @@ def sync_from_dvc(workflow) -> None:
     outs = [o["path"] for name in clean for o in stages[name].get("outs", [])]
     existing = [o for o in outs if Path(o).exists()]
     if existing:
-        result = _nested_snakemake("--touch", *existing)
+        # --forcerun: touch those jobs too that Snakemake already calls up to date (no
+        # inputs, or older inputs), so that every one gets metadata and a later params edit
+        # reruns it; plain --touch skips them and leaves them without metadata.
+        result = _nested_snakemake("--touch", "--forcerun", *existing, "--", *existing)
         if result.returncode != 0:
             raise RuntimeError(f"marking DVC-restored outputs up to date failed:\n{result.stderr}")
     write_json(SYNC_STATE, {"fp": _fingerprint(stages), "marked_up_to_date": existing})
