@@ -22,11 +22,8 @@ def _train(args) -> None:
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     target = device.announce(args.target)
     world = distributed.init(target.torch_device())  # one rank unless torchrun / srun
-    if not world.main:
-        world.barrier()  # rank 0 packs the shards first
-    shards = for_training(args.data_dir, config.image_size, config.seed)
-    if world.main:
-        world.barrier()
+    with world.main_first():  # rank 0 packs the shards, the others then find them
+        shards = for_training(args.data_dir, config.image_size, config.seed)
     try:
         result = train(config, shards, args.output_dir, target.name, args.resume, world)
     finally:

@@ -15,6 +15,7 @@ checkpoints; every rank resumes from the same file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -77,6 +78,15 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the body first (e.g. writes a cache), the other ranks after it."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
 
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
