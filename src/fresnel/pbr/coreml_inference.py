@@ -40,7 +40,7 @@ def read_views(folder, side: int) -> tuple[list[np.ndarray], list[str]]:
         raise FileNotFoundError(
             f"{folder}: holds {len(paths)} png/jpg images; the student needs {NUM_VIEWS} views"
         )
-    views = [np.asarray(load_rgb(p).resize((side, side), Image.LANCZOS)) for p in paths[:3]]
+    views = [np.asarray(load_rgb(p).resize((side, side), Image.LANCZOS)) for p in paths[:NUM_VIEWS]]
     return views, [p.name for p in paths[:NUM_VIEWS]]
 
 
