@@ -138,3 +138,16 @@ def test_shares_cover_a_batch_once_in_order():
         for size in (1, 2, 3):
             parts = [World(r, size).share(n) for r in range(size)]
             assert [i for p in parts for i in range(n)[p]] == list(range(n))
+
+
+def test_the_launcher_is_srun_in_a_slurm_job_and_torchrun_elsewhere():
+    from fresnel.training.launch import LaunchError, launcher
+
+    command, env = launcher(4, 2, {"SLURM_JOB_ID": "7"})
+    assert command[:3] == ["srun", "--ntasks=4", "--nodes=2"]
+    assert env["MASTER_ADDR"] == socket.gethostname() and int(env["MASTER_PORT"]) > 0
+    command, env = launcher(2, 1, {})
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"] and env == {}
+    assert "--nproc_per_node=2" in command
+    with pytest.raises(LaunchError, match="nodes=2 needs a Slurm allocation"):
+        launcher(4, 2, {})

@@ -16,6 +16,17 @@ def P(path, *keys):
     return section(config, path, keys)
 
 
+def gpu_job(rule):
+    """Resources of a GPU rule: one GPU per rank. With tasks > 1 (params.yaml `launch`) the
+    job is an `mpi` job: Slurm allocates tasks x nodes and the rule's script starts the ranks
+    itself (fresnel.training.launch: srun there, torchrun on one machine)."""
+    scale = config["launch"].get(rule, {"tasks": 1, "nodes": 1})
+    if scale["tasks"] == 1:
+        return {"gpu": 1}
+    return {"gpu": scale["tasks"], "tasks": scale["tasks"], "nodes": scale["nodes"],
+            "tasks_per_gpu": 1, "mpi": "srun"}  # fmt: skip
+
+
 # What `dvc metrics show` and `dvc plots show` present of each rule's outputs
 # ({out} = its first output).
 DVC_PRESENTATION = {

@@ -19,7 +19,7 @@ rule decoder_train:
     params:
         cfg=P("decoder.train"),
     resources:
-        gpu=1,
+        **gpu_job("decoder_train"),
     log:
         "logs/decoder_train_exp{exp}.log",
     script:

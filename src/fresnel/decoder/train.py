@@ -47,6 +47,7 @@ from fresnel.training import (
     RunLog,
     TrainingDiverged,
     World,
+    distributed,
     epoch_generator,
     final_checkpoint,
     read_checkpoint,
@@ -326,6 +327,18 @@ def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None,
     last = (runlog.records[-1:] if runlog else []) or trainer.progress.history[-1:]
     checkpoint = final_checkpoint(trainer.output_dir, trainer.checkpoints.names)
     return {"checkpoint": str(checkpoint), **(last[0] if last else {})}
+
+
+def train_rank(config: dict, shard_dir: str, output_dir: str, target: str,
+               resume: str | None = None) -> dict | None:  # fmt: skip
+    """One rank of a run that `fresnel.training.launch.run_ranks` started (the training
+    rules with tasks > 1): joins the process group; rank 0 returns `train`'s stats."""
+    world = distributed.init(devices.resolve(target).torch_device())
+    try:
+        stats = train(TrainConfig.from_dict(config), shard_dir, output_dir, target, resume, world)
+    finally:
+        world.close()
+    return stats if world.main else None
 
 
 def finish_epoch(trainer: Trainer, runlog: RunLog, epoch: int, record: dict) -> None:
