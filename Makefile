@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test lint fast-test dvc-yaml bench clean
+.PHONY: venv demo test lint fast-test dvc-yaml bench clean system-packages
 
 $(VENV)/.installed-$(TARGET): pyproject.toml envs/$(TARGET).txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,7 +28,19 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/fresnel lint-workflow
 
-test: lint
+# The Slurm and SSH tests start real daemons from Debian's packages (tests/slurm_cluster.py,
+# tests/sshd_server.py); as root, `make test` installs the missing ones.
+SYSTEM_PACKAGES := slurm-wlm slurmdbd munge mariadb-server openssh-server
+
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "the Slurm and SSH tests need: sudo apt-get install $$missing" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: lint system-packages
 	$(VENV)/bin/fresnel dvc-yaml --check
 	$(VENV)/bin/pytest -q
 

@@ -4,7 +4,7 @@
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
 from fresnel.params import parse_command_line_values, read_yaml, validate
 from fresnel.pbr.stage_params import problems as pbr_problems
-from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc
+from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc, report_failures
 
 
 read_yaml("params.yaml")  # a syntax error names its line (Snakemake's own message does not)
@@ -41,4 +41,5 @@ onsuccess:
 
 
 onerror:
+    report_failures(workflow)
     commit_to_dvc(workflow)  # the jobs that finished before the failure

@@ -16,6 +16,9 @@ from pathlib import Path
 from fresnel.io import sha256_file, write_json
 
 PROVENANCE_DIR = Path("provenance")
+# where the job ran: the GPU targets' settings and what a scheduler gave it
+RECORDED_ENV = ("HSA_OVERRIDE_GFX_VERSION", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID",
+                "SLURM_JOB_NODELIST", "SLURM_NTASKS")  # fmt: skip
 TRACKED_PACKAGES = (
     "fresnel-pipelines", "torch", "numpy", "onnx", "onnxruntime", "transformers",
     "datasets", "rembg", "scikit-image", "pillow", "snakemake", "dvc",
@@ -99,7 +102,7 @@ class Recorder:
             "outputs": {str(o): _describe_output(o) for o in self.outputs},
             "stats": self.stats,
             "notes": self.notes,
-            "env": {k: os.environ[k] for k in ("HSA_OVERRIDE_GFX_VERSION",) if k in os.environ},
+            "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
         }
 
 

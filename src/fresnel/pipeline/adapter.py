@@ -1,5 +1,8 @@
 """The few lines every workflow script shares: logging to the rule's log file, the
-target device, and a provenance record for the job's outputs."""
+target device, and a provenance record for the job's outputs.
+
+The target is the profile's only for rules that ask for a GPU (`resources: gpu`); every
+other rule runs on the CPU, so a CPU job never needs a GPU build or a GPU node."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import contextlib
 import logging
 import sys
 
-from fresnel.device import requested_target
+from fresnel.device import requested_target, resolve
 from fresnel.provenance import Recorder
 
 
@@ -29,6 +32,14 @@ def stage(smk, seed=None):
     params = {k: v for k, v in smk.params.items()}
     cfg = params.get("cfg", {})
     seed = seed if seed is not None else cfg.get("seed")
-    with Recorder(name, params, smk.output, device=requested_target(), seed=seed) as recorder:
-        logging.getLogger("fresnel").info("%s: target %s", name, recorder.device)
-        yield recorder
+    target = requested_target() if smk.resources.get("gpu", 0) else "cpu"
+    logger = logging.getLogger("fresnel")
+    with Recorder(name, params, smk.output, device=target, seed=seed) as recorder:
+        logger.info("%s: target %s", name, recorder.device)
+        try:
+            if target != "cpu":
+                resolve(target)  # fail fast, before any work, when this node cannot serve it
+            yield recorder
+        except Exception as exc:  # the reason, in the rule's own log (Snakemake repeats it)
+            logger.error("%s failed: %s", name, exc)
+            raise

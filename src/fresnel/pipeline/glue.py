@@ -9,6 +9,8 @@
 - `commit_to_dvc` (Snakefile onsuccess and onerror): stages whose jobs this Snakemake run
   finished are committed to dvc.lock, so `dvc status` is clean after a `snakemake` run,
   and after a failed one names only what Snakemake would rerun.
+- `report_failures` (Snakefile onerror): each failed job's reason, from its own log, in
+  Snakemake's output (under Slurm a job's traceback is only in .snakemake/slurm_logs/).
 
 Both are skipped inside a DVC stage (DVC_STAGE is set) and in nested calls.
 """
@@ -68,7 +70,8 @@ def _active(workflow) -> bool:
 
 
 def _lock_stages() -> dict:
-    return yaml.safe_load(Path("dvc.lock").read_text()).get("stages", {}) or {}
+    lock = Path("dvc.lock")
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
 
 
 def _fingerprint(stages: dict) -> str:
@@ -114,13 +117,14 @@ def _nested_snakemake(*args: str) -> subprocess.CompletedProcess:
 
 def sync_from_dvc(workflow) -> None:
     """Mark what DVC knows to be up to date as up to date for Snakemake (see module doc)."""
-    if not _active(workflow) or not Path("dvc.lock").is_file():
+    if not _active(workflow):
         return
     stages = _lock_stages()
     fingerprint = _fingerprint(stages)
     if SYNC_STATE.is_file() and json.loads(SYNC_STATE.read_text()).get("fp") == fingerprint:
         return
-    clean = _up_to_date_closure(stages, _stale_in_dvc())
+    stale = _stale_in_dvc()
+    clean = _up_to_date_closure(stages, stale)
     outs = [o["path"] for name in clean for o in stages[name].get("outs", [])]
     existing = [o for o in outs if Path(o).exists()]
     if existing:
@@ -130,7 +134,29 @@ def sync_from_dvc(workflow) -> None:
         result = _nested_snakemake("--touch", "--forcerun", *existing, "--", *existing)
         if result.returncode != 0:
             raise RuntimeError(f"marking DVC-restored outputs up to date failed:\n{result.stderr}")
-    write_json(SYNC_STATE, {"fp": _fingerprint(stages), "marked_up_to_date": existing})
+    committed = _commit_what_snakemake_finished(stale)
+    write_json(SYNC_STATE, {"fp": _fingerprint(_lock_stages()), "marked_up_to_date": existing,
+                            "committed": committed})  # fmt: skip
+
+
+def _commit_what_snakemake_finished(stale: set[str]) -> list[str]:
+    """`dvc commit` the stages DVC calls stale whose outputs Snakemake calls up to date: their
+    jobs finished in a run killed before its hook committed them. (This happens at load: a
+    run with nothing to do runs no hook.) Costs one nested `snakemake --summary`, only when
+    such stages exist."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    outs = {name: stages[name]["outs"] for name in sorted(stale)
+            if stages.get(name, {}).get("outs")
+            and all(Path(o).exists() for o in stages[name]["outs"])}  # fmt: skip
+    if not outs:
+        return []
+    summary = _nested_snakemake("--summary", "--", *[o for paths in outs.values() for o in paths])
+    current = {line.split("\t")[0] for line in summary.stdout.splitlines()
+               if line.endswith("\tno update")}  # fmt: skip
+    done = [name for name, paths in outs.items() if set(paths) <= current]
+    if done:
+        _dvc_commit(done)
+    return done
 
 
 def commit_to_dvc(workflow) -> None:
@@ -145,9 +171,26 @@ def commit_to_dvc(workflow) -> None:
            if s.get("outs") and all(o in finished and Path(o).exists() for o in s["outs"])]  # fmt: skip
     if not ran:
         return
-    result = subprocess.run(
-        [*DVC, "commit", "--force", "--quiet", *ran], capture_output=True, text=True, check=False
-    )
+    _dvc_commit(ran)
+
+
+def _dvc_commit(stages: list[str]) -> None:
+    result = subprocess.run([*DVC, "commit", "--force", "--quiet", *stages],
+                            capture_output=True, text=True, check=False)  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(f"`dvc commit {' '.join(ran)}` failed:\n{result.stderr.strip()}")
-    log.info("dvc commit: %s", ", ".join(ran))
+        raise RuntimeError(f"`dvc commit {' '.join(stages)}` failed:\n{result.stderr.strip()}")
+    log.info("dvc commit: %s", ", ".join(stages))
+
+
+def report_failures(workflow) -> None:
+    """Print each failed job's last ERROR line (`<job> failed: <reason>`, written by
+    fresnel.pipeline.adapter.stage) and its log's path."""
+    for job in getattr(workflow.scheduler, "failed", ()):
+        for path in map(Path, job.log):
+            errors = [line for line in _lines(path) if " ERROR " in line]
+            if errors:
+                print(f"{errors[-1].split(' ERROR ', 1)[1]} (log: {path})", file=sys.stderr)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.is_file() else []
