@@ -202,6 +202,18 @@ def test_jobs_finished_before_a_failure_are_committed_so_both_tools_agree(worksp
     assert {name.split("-")[0] for name in stale} == snakemake_plan(workspace)
 
 
+def test_jobs_of_a_run_killed_before_its_hook_are_committed_by_the_next_run(workspace):
+    """snakemake killed after its jobs finished but before its onsuccess hook (simulated by
+    skipping the hooks): the next run has nothing to do, and commits them all the same."""
+    from fresnel.pipeline.glue import SKIP_ENV
+
+    run("snakemake --profile cpu data/matted", workspace, env={SKIP_ENV: "1"})
+    assert {"download", "matte"} <= dvc_stale(workspace)
+    out = run("snakemake --profile cpu data/matted", workspace)
+    assert "Nothing to be done" in out.stdout + out.stderr
+    assert not {"download", "matte"} & dvc_stale(workspace)
+
+
 def test_bad_params_fail_before_any_job(workspace):
     set_param(workspace, "decoder.train.lr", "fast")
     set_param(workspace, "matte.colour", "black")
@@ -286,3 +298,23 @@ def test_a_killed_training_job_resumes_on_the_plain_rerun_and_ends_byte_identica
     assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}, rerun.stderr[-3000:]
     run("snakemake --profile cpu", demo)
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_decoder_train_on_two_torchrun_ranks_in_the_rule(demo):
+    """params.yaml `launch` tasks: 2 on one machine: the rule starts 2 gloo ranks through
+    torchrun; they end with identical weights, close to the 1-process run (see
+    tests/test_slurm.py for the tolerance), and the tools stay in agreement (`launch` is
+    not a stage parameter). Runs after the killed-job test, whose bytes it changes."""
+    import torch
+
+    final = demo / "results/decoder_exp2/decoder_exp2_last.pt"
+    single = torch.load(final, weights_only=True)["model"]
+    run("snakemake --profile cpu results/decoder_exp2 --forcerun decoder_train "
+        "--config 'launch={decoder_train: {tasks: 2, nodes: 1}}'", demo)  # fmt: skip
+    log = (demo / "logs/decoder_train_exp2.log").read_text()
+    assert "starting 2 ranks on 1 node(s): " in log and "torch.distributed.run" in log
+    assert len(re.findall(r"rank \d: weights identical on all 2 ranks", log)) == 2, log
+    ranks = torch.load(final, weights_only=True)["model"]
+    difference = sum(float((single[k] - ranks[k]).double().norm() ** 2) for k in single) ** 0.5
+    assert difference / sum(float(v.double().norm() ** 2) for v in single.values()) ** 0.5 < 1e-2
+    assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}
