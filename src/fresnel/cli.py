@@ -127,6 +127,14 @@ def _lint_workflow(args) -> None:
     print("snakemake --lint: clean apart from the findings explained in README")
 
 
+def _release(args) -> None:
+    from fresnel.pipeline import release
+
+    targets = [t.strip() for t in (args.targets or "").split(",") if t.strip()]
+    for line in release.release(args.tag, target=args.target, targets=targets, remote=args.remote):
+        print(line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fresnel.decoder import cli as decoder_cli
     from fresnel.pbr import cli as pbr_cli
@@ -201,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lint-workflow", help="snakemake --lint minus documented findings")
     p.set_defaults(func=_lint_workflow)
 
+    p = sub.add_parser("release", help="lock the environment, tag, push artifacts (a paper)")
+    p.add_argument("tag", help="the git tag to make, e.g. paper-v1")
+    p.add_argument("--target", choices=device.TARGETS, default=None,
+                   help="target of this environment (default: $FRESNEL_TARGET, else cpu)")  # fmt: skip
+    p.add_argument("--targets", default="",
+                   help="other targets to lock, comma-separated (resolved by pip, not installed)")  # fmt: skip
+    p.add_argument("--remote", default=None, help="DVC remote to push to (default: DVC's default)")
+    p.set_defaults(func=_release)
+
     p = sub.add_parser("check-params", help="validate a params file against the schema")
     p.add_argument("file", nargs="?", default="params.yaml")
     p.set_defaults(func=_check_params)
@@ -217,6 +234,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from fresnel.metrics import MetricUnavailable
     from fresnel.params import ParamsError
     from fresnel.pbr.coreml import CoreMLUnavailable
+    from fresnel.pipeline.release import ReleaseError
     from fresnel.training import TrainingDiverged
     from fresnel.training.checkpoint import CheckpointError
     from fresnel.training.distributed import DistributedSetupError
@@ -226,7 +244,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (FileNotFoundError, PermissionError, BadImage, MatteError, ParamsError, VLMError,
             VLMStageError, ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged,
             DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable,
-            DistributedSetupError)  # fmt: skip
+            DistributedSetupError, ReleaseError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
