@@ -9,6 +9,7 @@ for script in (
     "features_throughput.py",
     "renderer_speed.py",
     "hfts_fast_mode.py",
+    "slurm_overhead.py",  # needs root and the Slurm packages (make system-packages)
 ):
     print(f"== {script}")
     runpy.run_path(str(HERE / script), run_name="__main__")
