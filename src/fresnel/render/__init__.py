@@ -2,7 +2,10 @@
 
 from fresnel.render import Camera, TileBasedRenderer
 out = TileBasedRenderer()(means, scales, quats, opacities, colors, camera)
-out.image  # (3, H, W)
+out.image  # (C, H, W): C = the colours' channels (RGB, or any feature width)
+
+View-dependent colour: `fresnel.render.sh` (spherical harmonics up to degree 3); several
+views of one scene: `fresnel.render.views.render_views`.
 
 The dense reference (`fresnel.render.dense.render_dense`) is imported from its module,
 never from here, so that code using the renderer does not depend on the test reference.

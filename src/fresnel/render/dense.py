@@ -64,7 +64,7 @@ def render_dense(
     ]
     blended = torch.cat([o[0] for o in outs]).T.reshape(-1, camera.height, camera.width)
     trans = torch.cat([o[1] for o in outs]).reshape(camera.height, camera.width)
-    return finish(blended[:3], blended[3], trans, background, proj.means2d, proj.radii)
+    return finish(blended[:-1], blended[-1], trans, background, proj.means2d, proj.radii)
 
 
 def _blend(cols, rows, means2d, conics, opacities, features) -> tuple[Tensor, Tensor]:

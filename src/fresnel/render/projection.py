@@ -52,7 +52,8 @@ class Camera:
 class RenderOutput:
     """One rendered view.
 
-    image: (3, H, W) colour, background composited where alpha < 1.
+    image: (C, H, W) colour (C = the colours' channels, 3 for RGB; any C >= 1, e.g. a
+        feature map), background composited where alpha < 1.
     alpha: (H, W) accumulated opacity, 1 - final transmittance.
     depth: (H, W) sum_i w_i z_i with blend weights w_i; NOT divided by alpha (divide by
         alpha.clamp_min(eps) for the expected depth of the covered part).
@@ -85,8 +86,9 @@ class Projected:
 def validate_inputs(means, scales, quats, opacities, colors) -> None:
     """ValueError naming the input and the number of bad entries for malformed Gaussians."""
     n = means.shape[0] if means.dim() == 2 else -1
+    channels = colors.shape[-1] if colors.dim() == 2 and colors.shape[-1] > 0 else "C >= 1"
     expected = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,),
-                "colors": (n, 3)}  # fmt: skip
+                "colors": (n, channels)}  # fmt: skip
     tensors = {"means": means, "scales": scales, "quats": quats, "opacities": opacities,
                "colors": colors}  # fmt: skip
     for name, tensor in tensors.items():
@@ -213,11 +215,14 @@ def below(value: float, dtype: torch.dtype) -> float:
 
 
 def finish(color, depth, transmittance, background, means2d, radii) -> RenderOutput:
-    """Composite the background into (3, H, W) colour and package the outputs."""
+    """Composite the background into (C, H, W) colour and package the outputs."""
+    channels = color.shape[0]
     if background is None:
-        background = torch.tensor(BACKGROUND)
+        background = torch.tensor(BACKGROUND) if channels == 3 else color.new_zeros(channels)
+    if background.numel() != channels:
+        raise ValueError(f"background has {background.numel()} entries for {channels} channels")
     background = background.to(color)
-    image = color + transmittance.unsqueeze(0) * background.reshape(3, 1, 1)
+    image = color + transmittance.unsqueeze(0) * background.reshape(channels, 1, 1)
     if means2d.requires_grad:
         means2d.retain_grad()
     return RenderOutput(image, 1 - transmittance, depth, means2d, radii)

@@ -139,7 +139,7 @@ class TileBasedRenderer:
                                       self._plan(lists, camera, opacities))  # fmt: skip
         image = _untile(blended, lists, camera)
         trans = _untile(trans.unsqueeze(-1), lists, camera)[0]
-        return finish(image[:3], image[3], trans, background, proj.means2d, proj.radii)
+        return finish(image[:-1], image[-1], trans, background, proj.means2d, proj.radii)
 
     __call__ = render
 
