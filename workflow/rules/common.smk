@@ -20,7 +20,7 @@ def gpu_job(rule):
     """Resources of a GPU rule: one GPU per rank. With tasks > 1 (params.yaml `launch`) the
     job is an `mpi` job: Slurm allocates tasks x nodes and the rule's script starts the ranks
     itself (fresnel.training.launch: srun there, torchrun on one machine)."""
-    scale = config["launch"].get(rule, {"tasks": 1, "nodes": 1})
+    scale = config.get("launch", {}).get(rule, {"tasks": 1, "nodes": 1})
     if scale["tasks"] == 1:
         return {"gpu": 1}
     return {"gpu": scale["tasks"], "tasks": scale["tasks"], "nodes": scale["nodes"],

@@ -33,11 +33,13 @@ def free_port() -> int:
 
 
 def launcher(tasks: int, nodes: int, env=os.environ) -> tuple[list[str], dict]:
-    """The command prefix that starts `tasks` ranks, and the environment it needs."""
+    """The command that starts `tasks` ranks of the Python arguments appended to it
+    (`-m module ...`), and the environment it needs."""
     if "SLURM_JOB_ID" in env:
         # rank 0 runs on the allocation's first node, which is where this job step runs
         rendezvous = {"MASTER_ADDR": socket.gethostname(), "MASTER_PORT": str(free_port())}
-        command = ["srun", f"--ntasks={tasks}", f"--nodes={nodes}", "--kill-on-bad-exit=1"]
+        command = ["srun", f"--ntasks={tasks}", f"--nodes={nodes}", "--kill-on-bad-exit=1",
+                   sys.executable]  # fmt: skip
         return command, rendezvous
     if nodes > 1:
         raise LaunchError(
@@ -57,7 +59,7 @@ def run_ranks(function: str, kwargs: dict, tasks: int, nodes: int, folder: Path)
     result.unlink(missing_ok=True)
     spec.write_text(json.dumps({"function": function, "kwargs": kwargs, "result": str(result)}))
     prefix, extra_env = launcher(tasks, nodes)
-    command = [*prefix, sys.executable, "-m", "fresnel.training.launch", str(spec)]
+    command = [*prefix, "-m", "fresnel.training.launch", str(spec)]
     log.info("starting %d ranks on %d node(s): %s", tasks, nodes, " ".join(command))
     with subprocess.Popen(command, env={**os.environ, **extra_env}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as ranks:  # fmt: skip
