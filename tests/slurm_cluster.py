@@ -10,7 +10,6 @@ gres `File=` must be a character device or the node drains.
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import signal
@@ -231,6 +230,3 @@ class SlurmCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def user(self) -> str:
-        return getpass.getuser()
