@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fresnel.render.projection import quat_to_rotmat
+from fresnel.render.projection import quat_multiply, quat_to_rotmat
 
 PARAM_NAMES = ("local_means", "log_scales", "local_quats", "opacity_logits", "sh")
 SPLIT_SHRINK = 0.8  # 3DGS: children of a split get the parent's scale / (0.8 n)
@@ -89,22 +89,6 @@ def rotmat_to_quat(rotations: Tensor) -> Tensor:
     quats = candidates.gather(-2, best).squeeze(-2)
     quats = torch.where(quats[..., :1] < 0, -quats, quats)
     return F.normalize(quats, dim=-1)
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a b of (..., 4) quaternions (w, x, y, z): rotation(a b) =
-    rotation(a) @ rotation(b), i.e. b is applied first."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        (
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ),
-        -1,
-    )
 
 
 class BoundGaussians(nn.Module):

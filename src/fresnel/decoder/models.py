@@ -58,6 +58,7 @@ from fresnel.decoder.gaussians import (
     subcell_z,
     to_patch_major,
 )
+from fresnel.render.projection import quat_multiply
 
 __all__ = [
     "EXPERIMENTS",
@@ -127,21 +128,6 @@ def _bounded_log(raw: Tensor) -> Tensor:
 
 def _normalise(v: Tensor, eps: float = 1e-12) -> Tensor:
     return v / torch.sqrt((v * v).sum(-1, keepdim=True) + eps)
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product of wxyz quaternions (..., 4)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
 
 
 class Dense(nn.Module):

@@ -121,6 +121,22 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a b of (..., 4) quaternions (w, x, y, z): rotation(a b) =
+    rotation(a) @ rotation(b), i.e. b is applied first."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        (
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ),
+        -1,
+    )
+
+
 def covariance_3d(scales: Tensor, quats: Tensor) -> Tensor:
     """Sigma = R S S^T R^T, (N, 3, 3)."""
     m = quat_to_rotmat(quats) * scales.unsqueeze(-2)
