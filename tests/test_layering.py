@@ -10,7 +10,7 @@ PACKAGE = REPO / "src" / "fresnel"
 # Floors, bottom first. A unit may import its own modules and units of lower floors only.
 FLOORS = (
     {"fresnel", "io"},
-    {"device", "config", "params", "images"},
+    {"device", "config", "params", "images", "video"},
     {"provenance", "render", "metrics"},
     {"training"},
     {"data"},
