@@ -461,7 +461,7 @@ def test_missing_flame_file_error(tmp_path):
             FlameHead(path)
         message = str(info.value)
         assert "\n" not in message
-        assert "avatars.flame.model_path" in message
+        assert "avatars.train.flame_model_path" in message
         assert "https://flame.is.tue.mpg.de" in message
         assert "model file" in message
     with pytest.raises(FileNotFoundError, match=r"my\.key"):
@@ -481,5 +481,5 @@ def test_flame_masks_give_regions(tmp_path):
     flame = FlameHead(model, masks_path=masks)
     want = ["eyes", "nose", "skin", "mouth", "mouth"]
     assert flame.face_regions.tolist() == [REGION_INDEX[w] for w in want]
-    with pytest.raises(FileNotFoundError, match=r"avatars\.flame\.masks_path"):
+    with pytest.raises(FileNotFoundError, match=r"avatars\.train\.flame_masks_path"):
         FlameHead(model, masks_path=tmp_path / "none.pkl")

@@ -136,6 +136,7 @@ def _release(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fresnel.avatars import cli as avatars_cli
     from fresnel.decoder import cli as decoder_cli
     from fresnel.pbr import cli as pbr_cli
     from fresnel.vlm import cli as vlm_cli
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the features) for --use_vlm_guidance")  # fmt: skip
     p.set_defaults(func=_shards)
 
-    for family in (decoder_cli, vlm_cli, pbr_cli):
+    for family in (decoder_cli, vlm_cli, pbr_cli, avatars_cli):
         family.add_commands(sub)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's input or setup: their message says what to fix."""
+    from fresnel.avatars.data import DatasetError
     from fresnel.config import ConfigError
     from fresnel.data.download import DownloadError
     from fresnel.data.matte import MatteError
@@ -244,7 +246,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (FileNotFoundError, PermissionError, BadImage, MatteError, ParamsError, VLMError,
             VLMStageError, ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged,
             DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable,
-            DistributedSetupError, ReleaseError)  # fmt: skip
+            DistributedSetupError, ReleaseError, DatasetError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

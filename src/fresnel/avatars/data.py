@@ -7,6 +7,7 @@ the synthetic stage (renders of a teacher avatar on the built-in head).
     DATA/canonical_flame_param.npz          the head's shape (rest pose)
     DATA/flame_param/{t:05d}.npz            per-timestep head parameters
     DATA/images/{t:05d}_{c:02d}.png         white background, as in the guide
+    DATA/head.json                          {"head": "synthetic"} (ours; absent = FLAME)
 
 `transform_matrix` is camera-to-world with OpenGL axes (x right, y up, z back), as in
 NeRF-style files; the renderer wants world-to-camera with OpenCV axes (y down, z forward).
@@ -169,12 +170,13 @@ def write_synthetic(root, config: SyntheticConfig) -> dict:
             for c, viewmat in enumerate(viewmats):
                 name = f"images/{t:05d}_{c:02d}.png"
                 image = render_avatar(avatar, vertices[t], head.faces, camera, viewmat)
-                _save(image, root / name)
+                save_image(image, root / name)
                 frames[_split(t, c, config)].append(
                     _frame_record(name, camera, viewmat, t, c, param_files[t])
                 )
     for split, items in frames.items():
         write_json(root / f"transforms_{split}.json", {"frames": items})
+    write_json(root / "head.json", {"head": "synthetic"})  # the trainer drives the same head
     return {split: len(items) for split, items in frames.items()} | {"gaussians": len(avatar)}
 
 
@@ -191,7 +193,8 @@ def _frame_record(name, camera: Camera, viewmat, t: int, c: int, params_file: st
             "flame_param_path": params_file}  # fmt: skip
 
 
-def _save(image: Tensor, path: Path) -> None:
+def save_image(image: Tensor, path: Path) -> None:
+    """A (3, H, W) image in [0, 1] as an 8-bit PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(pixels).save(path)

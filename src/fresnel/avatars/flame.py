@@ -2,8 +2,8 @@
 
 FLAME cannot ship with this project: register and download it at
 https://flame.is.tue.mpg.de, then give the path of the model (`generic_model.pkl` of FLAME
-2020 or `flame2023.pkl`) in params (`avatars.flame.model_path` unless the caller names
-another key).
+2020 or `flame2023.pkl`) in params (`avatars.train.flame_model_path`; the flag
+`--flame_model_path`).
 
 The official `.pkl` is a Python 2 pickle of a dict of arrays. It is read by
 `read_model_pickle`, a restricted unpickler: `find_class` answers only from a fixed table,
@@ -50,8 +50,8 @@ from torch import Tensor
 from fresnel.avatars.head import REGION_INDEX, DrivingHead, HeadParams, axis_angle_to_matrix
 
 REGISTRATION_URL = "https://flame.is.tue.mpg.de"
-MODEL_KEY = "avatars.flame.model_path"
-MASKS_KEY = "avatars.flame.masks_path"
+MODEL_KEY = "avatars.train.flame_model_path or --flame_model_path"
+MASKS_KEY = "avatars.train.flame_masks_path or --flame_masks_path"
 NUM_JOINTS = 5  # global, neck, jaw, left eye, right eye
 # FLAME_masks.pkl mask names -> region, in precedence order.
 MASK_REGIONS = (

@@ -50,19 +50,21 @@ def _files(path: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def resumable(smk, last_name: str, record=None) -> Iterator[tuple[Path, Path | None]]:
-    """(work folder, its `last_name` checkpoint to resume from or None); the folder becomes
+def resumable(smk, last_name, record=None) -> Iterator[tuple[Path, Path | None]]:
+    """(work folder, its last checkpoint to resume from or None); the folder becomes
     smk.output[0] when the body returns, and paths into it in `record.stats` (the stage's
-    provenance) then name the output instead."""
+    provenance) then name the output instead. `last_name` is the checkpoint's file name, or a
+    function of the work folder that finds it (None when there is none)."""
     name, key = job_name(smk), run_key(smk)[:16]
     work = RUNS_DIR / f"{name}-{key}"
     work.mkdir(parents=True, exist_ok=True)
-    last = work / last_name
-    if last.is_file():
+    last = last_name(work) if callable(last_name) else work / last_name
+    if last is not None and last.is_file():
         log.info("%s: resuming the unfinished run in %s from %s", name, work, last)
     else:
+        last = None
         log.info("%s: training in %s (kept if the job fails; rerun to resume)", name, work)
-    yield work, last if last.is_file() else None
+    yield work, last
     output = Path(smk.output[0])
     shutil.rmtree(output, ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,116 @@
+"""`fresnel avatars_*`: GaussianAvatars by hand, with the guide's flags.
+
+    fresnel avatars_make_dataset --output_dir data/avatars/synthetic
+    fresnel avatars_train -s DATA -m output/balanced_306 --eval --bind_to_mesh \\
+        --white_background --preset balanced          # or the guide's flags one by one
+    fresnel avatars_render -m output/balanced_306 --iteration 600000 --skip_train --skip_val
+    fresnel avatars_metrics -m output/balanced_306
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fresnel import device
+
+log = logging.getLogger("fresnel")
+
+
+def _make_dataset(args) -> None:
+    from fresnel.avatars.data import SyntheticConfig, write_synthetic
+
+    config = SyntheticConfig(image_size=args.image_size, cameras=args.cameras,
+                             timesteps=args.timesteps, seed=args.seed)  # fmt: skip
+    print(write_synthetic(args.output_dir, config))
+
+
+def _preset(args) -> dict:
+    """A preset's options from params.yaml's `avatars` section (the guide's presets)."""
+    if not args.preset:
+        return {}
+    from fresnel.avatars.options import run_options
+    from fresnel.params import for_command
+
+    return run_options(for_command(args.params)["avatars"], args.preset)
+
+
+def _train(args) -> None:
+    from fresnel.avatars.options import from_arguments
+    from fresnel.avatars.train import train
+
+    options = from_arguments(args, _preset(args))
+    target = device.announce(args.target)
+    print(train(args.source_path, args.model_path, options, target, args.start_checkpoint,
+                progress=not args.quiet))  # fmt: skip
+
+
+def _render(args) -> None:
+    from fresnel.avatars.evaluate import load_model, render_sets
+
+    model = load_model(
+        args.model_path, args.iteration, args.source_path, device.announce(args.target).name
+    )
+    splits = [s for s in ("train", "val", "test") if not getattr(args, f"skip_{s}")]
+    folders = render_sets(model, args.model_path, splits, frozen=args.frozen_baseline)
+    if args.video:
+        from fresnel.video import VideoUnavailable, write_video
+
+        for key, folder in folders.items():
+            try:
+                path = write_video(
+                    sorted((folder / "renders").glob("*.png")), folder / "renders.mp4"
+                )
+                print(f"{key}: video {path}")
+            except VideoUnavailable as exc:
+                log.warning("no video for %s: %s", key, exc)
+
+
+def _metrics(args) -> None:
+    from fresnel.avatars.evaluate import evaluate_folders
+
+    for key, scores in evaluate_folders(args.model_path, args.lpips_weights).items():
+        print(key, scores)
+
+
+def add_commands(sub) -> None:
+    from fresnel.avatars.options import add_arguments
+
+    p = sub.add_parser("avatars_make_dataset", help="GaussianAvatars: synthetic head dataset")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--cameras", type=int, default=6)
+    p.add_argument("--timesteps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_make_dataset)
+
+    p = sub.add_parser("avatars_train", help="GaussianAvatars: train (the guide's train.py)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("-s", "--source_path", required=True, help="dataset folder (NeRSemble layout)")
+    p.add_argument("-m", "--model_path", required=True, help="output model folder")
+    p.add_argument("--start_checkpoint", default=None, help="chkpnt{N}.pth to resume from")
+    p.add_argument("--preset", default=None,
+                   help="a run of params.yaml avatars.runs: baseline, ultra_efficient, balanced, "
+                        "quality_first (flags given too override it)")  # fmt: skip
+    p.add_argument("--params", help="params file for --preset (default: ./params.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device.add_target_argument(p)
+    add_arguments(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("avatars_render", help="GaussianAvatars: render a model (render.py)")
+    p.add_argument("-m", "--model_path", required=True)
+    p.add_argument("-s", "--source_path", default=None, help="default: the one it trained on")
+    p.add_argument("--iteration", type=int, default=-1, help="-1: the last saved")
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--skip_{split}", action="store_true")
+    p.add_argument("--frozen_baseline", action="store_true",
+                   help="also render test views on the timestep-0 mesh (frozen_t0_N)")  # fmt: skip
+    p.add_argument("--video", action="store_true", help="renders.mp4 beside each renders/")
+    device.add_target_argument(p)
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("avatars_metrics", help="GaussianAvatars: PSNR/SSIM/LPIPS (metrics.py)")
+    p.add_argument("-m", "--model_path", required=True)
+    p.add_argument("--lpips_weights", default="", help="torchvision AlexNet weights for LPIPS")
+    p.set_defaults(func=_metrics)
