@@ -17,11 +17,13 @@ $(VENV)/.installed-$(TARGET): pyproject.toml envs/$(TARGET).txt
 venv: $(VENV)/.installed-$(TARGET)
 
 DEMO_TARGETS := results/decoder_exp2.onnx results/decoder_exp2_eval \
-	results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval
+	results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval \
+	results/avatars/synthetic/ablation
 
 demo: venv
 	$(VENV)/bin/snakemake --profile $(TARGET) $(DEMO_TARGETS)
-	@cat results/decoder_exp2_eval/table.md results/pbr_eval/table.md
+	@cat results/decoder_exp2_eval/table.md results/pbr_eval/table.md \
+		results/avatars/synthetic/ablation/table.md
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,7 @@
 # Fresnel pipelines. Build one artifact on one target:
 #   snakemake --profile rocm results/decoder_exp2.onnx
 #   snakemake --profile cpu results/pbr_student.mlpackage
+#   snakemake --profile cpu results/avatars/synthetic/ablation
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
 from fresnel.params import parse_command_line_values, read_yaml, validate
 from fresnel.pbr.stage_params import problems as pbr_problems
@@ -21,6 +22,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/decoder.smk"
 include: "workflow/rules/pbr.smk"
+include: "workflow/rules/avatars.smk"
 
 
 sync_from_dvc(workflow)
@@ -33,6 +35,8 @@ rule all:
         ["results/pbr_student.mlpackage", "results/pbr_student.onnx", "results/pbr_eval"]
         if config["targets"]["pbr"]
         else [],
+        expand("results/avatars/{subject}/{table}", subject=config["avatars"]["subjects"],
+               table=config["targets"].get("avatars", [])),
     default_target: True
 
 

@@ -1,8 +1,9 @@
 # Glue shared by every rule: params sections, code dependencies, job environment.
 import os
 
+from fresnel.avatars.options import run_options, run_param_paths
 from fresnel.device import TARGET_ENV_VAR
-from fresnel.pipeline.glue import code_inputs, section
+from fresnel.pipeline.glue import Section, code_inputs, section
 
 # The target comes from the profile (or $FRESNEL_TARGET), never from params.yaml: the
 # device that made an artifact is provenance, not part of its cache key.
@@ -35,6 +36,8 @@ DVC_PRESENTATION = {
     "pbr_teacher": {"plots": ["{out}/curves.png"]},
     "pbr_student": {"plots": ["{out}/curves.png"]},
     "pbr_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/metrics.png"]},
+    "avatars_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/held_out.png"]},
+    "avatars_table": {"plots": ["{out}/table.png"]},
 }
 
 
@@ -63,3 +66,19 @@ def sources(path):
         return {}
 
     return inputs
+
+
+# GaussianAvatars (workflow/rules/avatars.smk)
+def avatars_data(wildcards):
+    """A subject's dataset: rendered by avatars_dataset, or the user's folder (local:<dir>)."""
+    source = config["avatars"]["subjects"][wildcards.subject]
+    return source.removeprefix("local:") if source.startswith("local:") else f"data/avatars/{wildcards.subject}"
+
+
+def avatars_run(wildcards):
+    avatars = config["avatars"]
+    return Section(run_param_paths(avatars, wildcards.avatar_run), run_options(avatars, wildcards.avatar_run))
+
+
+def avatars_table(wildcards):
+    return Section([f"avatars.tables.{wildcards.table}"], {"runs": config["avatars"]["tables"][wildcards.table]})
