@@ -1,0 +1,1 @@
+"""VPOG: template-based pose estimation of unseen objects."""
