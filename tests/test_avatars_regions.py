@@ -288,15 +288,15 @@ def test_synthetic_head_region_map_from_the_front(head, camera_index):
 
 def _components(mask: torch.Tensor) -> int:
     """Number of 4-connected components of a 2D bool mask."""
-    todo = {(y, x) for y, x in mask.nonzero().tolist()}
+    unvisited = {(y, x) for y, x in mask.nonzero().tolist()}
     count = 0
-    while todo:
+    while unvisited:
         count += 1
-        stack = [todo.pop()]
+        stack = [unvisited.pop()]
         while stack:
             y, x = stack.pop()
             for n in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if n in todo:
-                    todo.remove(n)
+                if n in unvisited:
+                    unvisited.remove(n)
                     stack.append(n)
     return count
