@@ -134,6 +134,41 @@ def load_mesh(path: str | Path, *, scale: float = 1.0, center: bool = False) -> 
     return ObjectMesh(**{**mesh_object.__dict__, "diameter": diameter(hull)})
 
 
+def save_object(obj: ObjectMesh, path: str | Path) -> Path:
+    """The mesh as one `.pt` file (tensors + diameter + name), what evaluation renders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**obj.__dict__}, path)
+    return path
+
+
+def load_object(path: str | Path) -> ObjectMesh:
+    """A mesh written by `save_object`."""
+    try:
+        fields = torch.load(path, map_location="cpu", weights_only=True)
+        return ObjectMesh(**fields)
+    except (OSError, RuntimeError, TypeError, EOFError) as exc:
+        raise ValueError(
+            f"{path}: not an object mesh written by save_object ({exc}); rerun the stage "
+            "that renders the templates"
+        ) from None
+
+
+def surface_points(obj: ObjectMesh, count: int = 1000, seed: int = 0) -> Tensor:
+    """(count, 3) float64 points uniform on the mesh surface (area-weighted faces, uniform
+    barycentrics), seeded: BOP's MSSD / MSPD model points for meshes with few vertices."""
+    generator = torch.Generator().manual_seed(seed)
+    corners = obj.vertices.double()[obj.faces]  # (F, 3, 3)
+    areas = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]).norm(
+        dim=-1
+    )
+    faces = torch.multinomial(areas, count, replacement=True, generator=generator)
+    r1, r2 = torch.rand(2, count, 1, generator=generator, dtype=torch.float64)
+    root = r1.sqrt()
+    a, b, c = corners[faces].unbind(1)
+    return (1 - root) * a + root * (1 - r2) * b + root * r2 * c
+
+
 def diameter(vertices: Tensor, chunk: int = 4096) -> float:
     """The largest distance between two of `vertices` (N, 3), in chunks of rows."""
     points = vertices.double()
