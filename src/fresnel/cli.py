@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fresnel.decoder import cli as decoder_cli
     from fresnel.pbr import cli as pbr_cli
     from fresnel.vlm import cli as vlm_cli
+    from fresnel.vpog import cli as vpog_cli
 
     parser = argparse.ArgumentParser(prog="fresnel", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks for errors")
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the features) for --use_vlm_guidance")  # fmt: skip
     p.set_defaults(func=_shards)
 
-    for family in (decoder_cli, vlm_cli, pbr_cli, avatars_cli):
+    for family in (decoder_cli, vlm_cli, pbr_cli, avatars_cli, vpog_cli):
         family.add_commands(sub)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
@@ -242,11 +243,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from fresnel.training.distributed import DistributedSetupError
     from fresnel.vlm.client import VLMError
     from fresnel.vlm.stage import VLMStageError
+    from fresnel.vpog.config import VPOGConfigError
 
     return (FileNotFoundError, PermissionError, BadImage, MatteError, ParamsError, VLMError,
             VLMStageError, ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged,
             DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable,
-            DistributedSetupError, ReleaseError, DatasetError)  # fmt: skip
+            DistributedSetupError, ReleaseError, DatasetError, VPOGConfigError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
