@@ -23,6 +23,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/decoder.smk"
 include: "workflow/rules/pbr.smk"
 include: "workflow/rules/avatars.smk"
+include: "workflow/rules/vpog.smk"
 
 
 sync_from_dvc(workflow)
@@ -37,6 +38,7 @@ rule all:
         else [],
         expand("results/avatars/{subject}/{table}", subject=config["avatars"]["subjects"],
                table=config["targets"].get("avatars", [])),
+        ["results/vpog/eval"] if config["targets"].get("vpog") else [],
     default_target: True
 
 

@@ -8,7 +8,9 @@ each status command meets a real cluster within the CI budget:
 - decoder_train (2 DDP ranks over 2 nodes, started by srun) -> export -> evaluate with
   `sacct` on a cluster with slurmdbd + MariaDB;
 - then a GPU rule with a target its node cannot serve (cuda here), which must fail fast and
-  say why in Snakemake's output and in its own log.
+  say why in Snakemake's output and in its own log;
+- and, on the first cluster, VPOG's generated `submit_slurm_multinode.sh`, submitted with
+  sbatch as the guide says: Lightning DDP over gloo, one task on each of the 2 nodes.
 """
 
 import json
@@ -19,7 +21,7 @@ import torch
 import yaml
 
 from conftest import make_workspace, run
-from slurm_cluster import SlurmCluster
+from slurm_cluster import PARTITION, SlurmCluster
 from test_pipeline_e2e import dvc_stale, set_param
 
 pytestmark = pytest.mark.slow
@@ -54,8 +56,11 @@ def cluster_run(tmp_path_factory):
     ws = make_workspace(root / "ws")
     set_param(ws, "decoder.train.epochs", 2)  # the demo's schedule, shortened
     run("git commit -qam 'short schedule'", ws)
+    vpog = vpog_job_folder(root / "vpog")
     with SlurmCluster(root / "plain", nodes=2, accounting=False):
         first = slurm(ws, "data/shards", "squeue")
+        vpog_job = run("sbatch --wait submit_slurm_multinode.sh", vpog, check=False,
+                       env={"MASTER_ADDR": "127.0.0.1"})  # fmt: skip
     with SlurmCluster(root / "accounting", nodes=2, accounting=True):
         second = slurm(ws, "results/decoder_exp2_eval", "sacct")
         plan = run("snakemake -n results/decoder_exp2_eval", ws)
@@ -63,7 +68,27 @@ def cluster_run(tmp_path_factory):
         failed = slurm(ws, "data/features", "sacct", target="cuda",
                        extra="--forcerun features", check=False)  # fmt: skip
         jobs = sacct_jobs()
-    return dict(ws=ws, first=first, second=second, clean=clean, failed=failed, jobs=jobs)
+    return dict(ws=ws, first=first, second=second, clean=clean, failed=failed, jobs=jobs,
+                vpog=vpog, vpog_job=vpog_job)  # fmt: skip
+
+
+def vpog_job_folder(folder):
+    """Tiny VPOG data and the sbatch scripts `fresnel vpog_slurm_scripts` writes for it."""
+    from fresnel.vpog.synthetic import render_object_templates, write_synthetic_split
+
+    render_object_templates(["box"], folder / "templates", level=0, image_size=32)
+    write_synthetic_split(["box"], folder / "web", "train", {"train": 8}, image_size=32)
+    overrides = (
+        "machine.accelerator=cpu machine.cpus_per_task=1 machine.precision=32-true "
+        f"machine.partition={PARTITION} machine.batch_size=2 machine.num_workers=0 "
+        "machine.multinode_nodes=2 max_epochs=1 save_dir=run "
+        "'data.dataloader.datasets=[{name:synthetic,web_dir:web,templates_dir:templates}]' "
+        "data.dataloader.image_size=32 data.dataloader.patch_size=8 "
+        "data.dataloader.num_positive_templates=2 data.dataloader.num_negative_templates=1 "
+        "model.embed_dim=32 model.encoder_depth=1 model.num_heads=2 model.cross_depth=1"
+    )
+    run(f"fresnel vpog_slurm_scripts --output_dir . machine.gpus=1 {overrides}", folder)
+    return folder
 
 
 def record(ws, stage: str) -> dict:
@@ -122,6 +147,18 @@ def test_both_tools_agree_after_the_cluster_run(cluster_run):
     stale, nothing_to_do = cluster_run["clean"]
     assert nothing_to_do  # for the decoder chain
     assert not {s for s in stale if not s.startswith("pbr_")}, stale  # only the unbuilt chain
+
+
+def test_vpogs_generated_multinode_sbatch_script_trains_with_lightning_ddp(cluster_run):
+    folder, job = cluster_run["vpog"], cluster_run["vpog_job"]
+    outputs = list(folder.glob("vpog_*.out"))
+    assert job.returncode == 0, job.stdout + job.stderr + "".join(p.read_text() for p in outputs)
+    script = (folder / "submit_slurm_multinode.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
+    assert "--gpus-per-node" not in script  # machine.accelerator=cpu
+    log = outputs[0].read_text()
+    assert "'world_size': 2" in log, log[-3000:]
+    assert (folder / "run/checkpoints/last.ckpt").is_file()
 
 
 def test_a_gpu_rule_whose_target_the_node_cannot_serve_fails_fast_and_says_why(cluster_run):

@@ -38,6 +38,8 @@ DVC_PRESENTATION = {
     "pbr_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/metrics.png"]},
     "avatars_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/held_out.png"]},
     "avatars_table": {"plots": ["{out}/table.png"]},
+    "vpog_train": {"plots": ["{out}/curves.png"]},
+    "vpog_evaluate": {"metrics": ["{out}/metrics.json"], "plots": ["{out}/retrieval.png"]},
 }
 
 
