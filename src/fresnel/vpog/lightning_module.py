@@ -86,13 +86,13 @@ class VPOGModule(L.LightningModule):
         return (per_sample * has_points).sum() / has_points.sum().clamp_min(1)
 
     # -- Lightning hooks -------------------------------------------------------------------
-    def training_step(self, batch: VPOGBatch | None, batch_idx: int):
+    def training_step(self, batch: VPOGBatch, batch_idx: int):
         losses = self.losses(batch)
         self._log("train", losses, batch)
         self._maybe_visualize(batch)
         return losses["total"]
 
-    def validation_step(self, batch: VPOGBatch | None, batch_idx: int) -> None:
+    def validation_step(self, batch: VPOGBatch, batch_idx: int) -> None:
         self._log("val", self.losses(batch), batch)
 
     def configure_optimizers(self):

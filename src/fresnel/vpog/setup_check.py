@@ -8,6 +8,7 @@ Stops at the first failure with what to do; returns whether everything passed.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,7 +33,7 @@ def run_checks(overrides: Sequence[str], echo: Callable[[str], None] = print) ->
         except Exception as exc:  # every failure, whatever its kind, is the report's last line
             echo(f"[FAIL] {name}: {type(exc).__name__}: {exc}")
             return False
-    echo("training setup looks complete: fresnel vpog_train " + " ".join(overrides))
+    echo("training setup looks complete: fresnel vpog_train " + shlex.join(overrides))
     return True
 
 
