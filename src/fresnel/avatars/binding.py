@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fresnel.render.projection import quat_multiply, quat_to_rotmat
+from fresnel.render.projection import quat_multiply, quat_to_rotmat, rotmat_to_quat
 
 PARAM_NAMES = ("local_means", "log_scales", "local_quats", "opacity_logits", "sh")
 SPLIT_SHRINK = 0.8  # 3DGS: children of a split get the parent's scale / (0.8 n)
@@ -56,39 +56,6 @@ def face_frames(vertices: Tensor, faces: Tensor) -> FaceFrames:
     height = (other * b).sum(-1).abs()
     scales = 0.5 * (edge.norm(dim=-1) + height)
     return FaceFrames(rotations, tri.mean(-2), scales)
-
-
-def rotmat_to_quat(rotations: Tensor) -> Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0.
-
-    Shepperd's method: each of the four components can be read off the diagonal, but dividing
-    by a small one loses precision, so per matrix the branch with the largest |component| is
-    used. Every branch stays finite (the square root is clamped), so gradients through the
-    unchosen branches are zero rather than NaN.
-    """
-    m = rotations
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    four_sq = torch.stack(  # 4 w^2, 4 x^2, 4 y^2, 4 z^2
-        (1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22), -1
-    )
-    two_abs = four_sq.clamp_min(1e-12).sqrt()  # 2 |q_i|
-    d21, d02, d10 = (m[..., i, j] - m[..., j, i] for i, j in ((2, 1), (0, 2), (1, 0)))
-    s10, s02, s21 = (m[..., i, j] + m[..., j, i] for i, j in ((1, 0), (0, 2), (2, 1)))
-    # Row i: 4 q_i q, whose i-th entry is (2 |q_i|)^2; divided by 2 * (2 |q_i|) it is q.
-    numerators = torch.stack(
-        (
-            torch.stack((four_sq[..., 0], d21, d02, d10), -1),
-            torch.stack((d21, four_sq[..., 1], s10, s02), -1),
-            torch.stack((d02, s10, four_sq[..., 2], s21), -1),
-            torch.stack((d10, s02, s21, four_sq[..., 3]), -1),
-        ),
-        -2,
-    )
-    candidates = numerators / (2 * two_abs).unsqueeze(-1)
-    best = four_sq.argmax(-1)[..., None, None].expand(*m.shape[:-2], 1, 4)
-    quats = candidates.gather(-2, best).squeeze(-2)
-    quats = torch.where(quats[..., :1] < 0, -quats, quats)
-    return F.normalize(quats, dim=-1)
 
 
 class BoundGaussians(nn.Module):

@@ -1,5 +1,7 @@
 """Shared by the tile renderer and the dense reference: camera, input checks, EWA projection of
-3D Gaussians to screen space, the per-pixel Gaussian falloff and the output record.
+3D Gaussians to screen space, the per-pixel Gaussian falloff and the output record; and the
+rotation helpers every family shares (quaternions <-> matrices, the minimal rotation between
+two directions).
 
 Conventions: camera space is OpenCV's (x right, y down, z forward); pixel (x, y) covers
 [x, x+1) x [y, y+1) and is evaluated at its centre (x + PIXEL_CENTER, y + PIXEL_CENTER).
@@ -247,3 +249,81 @@ def finish(color, depth, transmittance, background, means2d, radii) -> RenderOut
 def pixel_centers(size: int, like: Tensor) -> Tensor:
     """Coordinates of pixel centres 0.5, 1.5, ... along one axis."""
     return torch.arange(size, dtype=like.dtype, device=like.device) + PIXEL_CENTER
+
+
+def rotmat_to_quat(rotations: Tensor) -> Tensor:
+    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0.
+
+    Shepperd's method: each of the four components can be read off the diagonal, but dividing
+    by a small one loses precision, so per matrix the branch with the largest |component| is
+    used. Every branch stays finite (the square root is clamped), so gradients through the
+    unchosen branches are zero rather than NaN.
+    """
+    m = rotations
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    four_sq = torch.stack(  # 4 w^2, 4 x^2, 4 y^2, 4 z^2
+        (1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22), -1
+    )
+    two_abs = four_sq.clamp_min(1e-12).sqrt()  # 2 |q_i|
+    d21, d02, d10 = (m[..., i, j] - m[..., j, i] for i, j in ((2, 1), (0, 2), (1, 0)))
+    s10, s02, s21 = (m[..., i, j] + m[..., j, i] for i, j in ((1, 0), (0, 2), (2, 1)))
+    # Row i: 4 q_i q, whose i-th entry is (2 |q_i|)^2; divided by 2 * (2 |q_i|) it is q.
+    numerators = torch.stack(
+        (
+            torch.stack((four_sq[..., 0], d21, d02, d10), -1),
+            torch.stack((d21, four_sq[..., 1], s10, s02), -1),
+            torch.stack((d02, s10, four_sq[..., 2], s21), -1),
+            torch.stack((d10, s02, s21, four_sq[..., 3]), -1),
+        ),
+        -2,
+    )
+    candidates = numerators / (2 * two_abs).unsqueeze(-1)
+    best = four_sq.argmax(-1)[..., None, None].expand(*m.shape[:-2], 1, 4)
+    quats = candidates.gather(-2, best).squeeze(-2)
+    quats = torch.where(quats[..., :1] < 0, -quats, quats)
+    return F.normalize(quats, dim=-1)
+
+
+_ANTIPODAL_EPS = 1e-16  # on 1 + cos: |source + target| < ~1.4e-8
+
+
+def rotation_between_directions(source: Tensor, target: Tensor) -> Tensor:
+    """(..., 3, 3) minimal rotation Q with Q @ source = target for unit vectors.
+
+    Q turns about source x target by the angle between them. For antipodal vectors, where that
+    axis is undefined, Q is the half-turn about a fixed axis perpendicular to `source`: its
+    cross product with x (or with y when source is nearly parallel to x), normalised.
+    """
+    source, target = torch.broadcast_tensors(source, target)
+    axis = torch.linalg.cross(source, target, dim=-1)
+    eye = torch.eye(3, dtype=source.dtype, device=source.device).expand((*axis.shape, 3))
+    skew = _skew(axis)
+    # Rodrigues' formula, (1 - cos) / sin^2 = 1 / (1 + cos), with 1 + cos = |source + target|^2 / 2
+    # which keeps its relative accuracy as the vectors approach antipodal.
+    one_plus_cos = ((source + target).square().sum(dim=-1) / 2.0)[..., None, None]
+    antipodal = one_plus_cos < _ANTIPODAL_EPS
+    rodrigues = eye + skew + skew @ skew / torch.where(antipodal, 1.0, one_plus_cos)
+    perpendicular = _perpendicular(source)
+    half_turn = 2.0 * perpendicular[..., :, None] * perpendicular[..., None, :] - eye
+    return torch.where(antipodal, half_turn, rodrigues)
+
+
+def _skew(v: Tensor) -> Tensor:
+    x, y, z = v.unbind(dim=-1)
+    zero = torch.zeros_like(x)
+    rows = [
+        torch.stack([zero, -z, y], dim=-1),
+        torch.stack([z, zero, -x], dim=-1),
+        torch.stack([-y, x, zero], dim=-1),
+    ]
+    return torch.stack(rows, dim=-2)
+
+
+def _perpendicular(v: Tensor) -> Tensor:
+    x_axis = torch.zeros_like(v)
+    x_axis[..., 0] = 1.0
+    y_axis = torch.zeros_like(v)
+    y_axis[..., 1] = 1.0
+    nearly_x = v[..., 0:1].abs() > 0.9
+    perpendicular = torch.linalg.cross(v, torch.where(nearly_x, y_axis, x_axis), dim=-1)
+    return perpendicular / perpendicular.norm(dim=-1, keepdim=True)

@@ -33,10 +33,11 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from fresnel.render.projection import rotation_between_directions
+
 OBJECT_UP = (0.0, 0.0, 1.0)
 POLE_UP = (0.0, 1.0, 0.0)  # "up" for cameras straight above or below the object
 _PARALLEL_EPS = 1e-6
-_ANTIPODAL_EPS = 1e-16  # on 1 + cos: |source + target| < ~1.4e-8
 
 
 def opencv_to_opengl(pose: Tensor) -> Tensor:
@@ -191,48 +192,6 @@ def out_of_plane_angle(R1: Tensor, R2: Tensor) -> Tensor:
     """Angle in [0, pi] between the viewing directions of R1 and R2; 0 when they differ only by
     an in-plane rotation."""
     return _angle_between(viewing_direction(R1), viewing_direction(R2))
-
-
-def rotation_between_directions(source: Tensor, target: Tensor) -> Tensor:
-    """(..., 3, 3) minimal rotation Q with Q @ source = target for unit vectors.
-
-    Q turns about source x target by the angle between them. For antipodal vectors, where that
-    axis is undefined, Q is the half-turn about a fixed axis perpendicular to `source`: its
-    cross product with x (or with y when source is nearly parallel to x), normalised.
-    """
-    source, target = torch.broadcast_tensors(source, target)
-    axis = torch.linalg.cross(source, target, dim=-1)
-    eye = torch.eye(3, dtype=source.dtype, device=source.device).expand((*axis.shape, 3))
-    skew = _skew(axis)
-    # Rodrigues' formula, (1 - cos) / sin^2 = 1 / (1 + cos), with 1 + cos = |source + target|^2 / 2
-    # which keeps its relative accuracy as the vectors approach antipodal.
-    one_plus_cos = ((source + target).square().sum(dim=-1) / 2.0)[..., None, None]
-    antipodal = one_plus_cos < _ANTIPODAL_EPS
-    rodrigues = eye + skew + skew @ skew / torch.where(antipodal, 1.0, one_plus_cos)
-    perpendicular = _perpendicular(source)
-    half_turn = 2.0 * perpendicular[..., :, None] * perpendicular[..., None, :] - eye
-    return torch.where(antipodal, half_turn, rodrigues)
-
-
-def _skew(v: Tensor) -> Tensor:
-    x, y, z = v.unbind(dim=-1)
-    zero = torch.zeros_like(x)
-    rows = [
-        torch.stack([zero, -z, y], dim=-1),
-        torch.stack([z, zero, -x], dim=-1),
-        torch.stack([-y, x, zero], dim=-1),
-    ]
-    return torch.stack(rows, dim=-2)
-
-
-def _perpendicular(v: Tensor) -> Tensor:
-    x_axis = torch.zeros_like(v)
-    x_axis[..., 0] = 1.0
-    y_axis = torch.zeros_like(v)
-    y_axis[..., 1] = 1.0
-    nearly_x = v[..., 0:1].abs() > 0.9
-    perpendicular = torch.linalg.cross(v, torch.where(nearly_x, y_axis, x_axis), dim=-1)
-    return perpendicular / perpendicular.norm(dim=-1, keepdim=True)
 
 
 def in_plane_angle(R_query: Tensor, R_template: Tensor) -> Tensor:
