@@ -1,0 +1,1 @@
+"""GazeGaussian: gaze geometry, orthogonal condition embeddings, DiT / U-Net renderers + VAE."""
