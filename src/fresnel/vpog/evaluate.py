@@ -63,8 +63,9 @@ class QueryResult:
 
 
 @torch.no_grad()
-def match_templates(model, query_rgb: Tensor, templates) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits [N, Nq, Nt+1], query tokens, template tokens) of the query against each template."""
+def match_templates(model, query_rgb: Tensor, templates) -> tuple[Tensor, list, Tensor]:
+    """The query against each of the N templates (S = 1, d_ref = the template's direction):
+    (logits [N, Nq, Nt+1], the model's features per chunk of CHUNK templates, directions)."""
     rgb = templates.rgb.float() / 255
     query = query_rgb.float()[None] / 255
     directions = _viewing_directions(templates.poses)

@@ -37,7 +37,8 @@ ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "mps": "mps"}
 
 def dag_overrides(section: dict, queries: str, templates: str, save_dir, target: str) -> list[str]:
     """Hydra overrides of a DAG job: params.yaml `vpog.train`, then the stage's own data, its
-    work folder and the profile's device (one process; `launch` scales the job)."""
+    work folder and the profile's device. The DAG job is one process; scale out with
+    `fresnel vpog_slurm_scripts` or `machine.num_gpus` by hand."""
     dataset = {"name": "synthetic", "web_dir": str(queries), "templates_dir": str(templates)}
     return [
         *overrides_from_params(section),
