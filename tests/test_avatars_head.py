@@ -18,10 +18,10 @@ from fresnel.avatars.head import (
     HeadParams,
     SyntheticHead,
     axis_angle_to_matrix,
-    icosphere,
     load_param_dir,
     save_param_dir,
 )
+from fresnel.render.primitives import icosphere
 
 _L, _R, _NOSE, _MOUTH = 1, 2, 3, 4  # SyntheticHead.vertex_parts labels
 
