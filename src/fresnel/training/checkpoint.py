@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import struct
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,7 +152,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
             "loading it could run code; use a checkpoint written by fresnel "
             f"({str(exc).splitlines()[0][:120]})"
         ) from None
-    except (RuntimeError, EOFError) as exc:
+    except (RuntimeError, EOFError, ValueError, struct.error) as exc:
         raise CheckpointError(
             f"{path}: unreadable checkpoint (truncated or not torch): {exc}"
         ) from None
