@@ -138,6 +138,7 @@ def _release(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from fresnel.avatars import cli as avatars_cli
     from fresnel.decoder import cli as decoder_cli
+    from fresnel.gaze import cli as gaze_cli
     from fresnel.pbr import cli as pbr_cli
     from fresnel.vlm import cli as vlm_cli
     from fresnel.vpog import cli as vpog_cli
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the features) for --use_vlm_guidance")  # fmt: skip
     p.set_defaults(func=_shards)
 
-    for family in (decoder_cli, vlm_cli, pbr_cli, avatars_cli, vpog_cli):
+    for family in (decoder_cli, vlm_cli, pbr_cli, avatars_cli, vpog_cli, gaze_cli):
         family.add_commands(sub)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
@@ -233,6 +234,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from fresnel.data.download import DownloadError
     from fresnel.data.matte import MatteError
     from fresnel.data.shards import ShardError
+    from fresnel.gaze.data import GazeDataError
     from fresnel.images import BadImage
     from fresnel.metrics import MetricUnavailable
     from fresnel.params import ParamsError
@@ -248,7 +250,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (FileNotFoundError, PermissionError, BadImage, MatteError, ParamsError, VLMError,
             VLMStageError, ConfigError, CheckpointError, MetricUnavailable, TrainingDiverged,
             DownloadError, ShardError, device.TargetUnavailable, CoreMLUnavailable,
-            DistributedSetupError, ReleaseError, DatasetError, VPOGConfigError)  # fmt: skip
+            DistributedSetupError, ReleaseError, DatasetError, VPOGConfigError,
+            GazeDataError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

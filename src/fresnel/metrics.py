@@ -57,22 +57,27 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, per_item: bool = False) -> to
                   win_size=ssim_window(min(pred.shape[-2:])))  # fmt: skip
 
 
-def load_lpips(weights_file: str | None, setting: str = "lpips_backbone"):
-    """LPIPS (AlexNet) with its backbone from `weights_file` (torchvision's alexnet state dict).
+BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
+
+
+def load_lpips(weights_file: str | None, setting: str = "lpips_backbone", net: str = "alex"):
+    """LPIPS with its backbone (`net`: "alex", or "vgg" for the VGG perceptual loss) from
+    `weights_file` (torchvision's alexnet / vgg16 state dict).
 
     The lpips wheel ships only the linear heads; its backbone would be downloaded at run
     time, which fails offline. So the backbone is always loaded from a file, never fetched.
     """
     if not weights_file or not Path(weights_file).is_file():
         raise MetricUnavailable(
-            f"LPIPS needs AlexNet backbone weights, but {weights_file or '(no file set)'} does "
-            f"not exist; set {setting} to torchvision's alexnet-owt-7be5be79.pth"
+            f"LPIPS-{net} needs {net} backbone weights, but {weights_file or '(no file set)'} "
+            f"does not exist; set {setting} to torchvision's {BACKBONE_FILES[net]}"
         )
     import lpips
     import torchvision
 
-    model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
-    features = torchvision.models.alexnet().features
+    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    backbone = torchvision.models.alexnet() if net == "alex" else torchvision.models.vgg16()
+    features = backbone.features
     state = torch.load(weights_file, map_location="cpu", weights_only=True)
     features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
                               if k.startswith("features.")})  # fmt: skip

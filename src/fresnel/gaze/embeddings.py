@@ -1,6 +1,7 @@
 """Learned gaze / head-pose / expression embeddings and the orthogonality loss between them.
 
-Conventions: gaze is (B, 2) (pitch, yaw) radians, head pose (B, 3) (pitch, yaw, roll) radians,
+Conventions: gaze is (B, 2) (pitch, yaw) radians, head pose (B, P) radians (ETH-XGaze's
+(pitch, yaw), P = 2, or (pitch, yaw, roll)),
 expression (B, E) codes; every embedding is (B, D) with a common width D. The orthogonality
 loss acts on these learned embeddings (so gradients reach the networks), comparing the
 embeddings of the same sample: it pushes the three conditions into independent directions.
@@ -20,19 +21,20 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 class ConditionEmbeddings(nn.Module):
-    """Three small MLPs: gaze (2 -> D), head pose (3 -> D), expression (E -> D)."""
+    """Three small MLPs: gaze (2 -> D), head pose (P -> D), expression (E -> D)."""
 
-    def __init__(self, expression_dim: int = 64, width: int = 64, hidden: int = 128) -> None:
+    def __init__(self, expression_dim: int = 64, width: int = 64, hidden: int = 128,
+                 head_pose_dim: int = 3) -> None:  # fmt: skip
         super().__init__()
         self.width = width
         self.gaze = _mlp(2, hidden, width)
-        self.head_pose = _mlp(3, hidden, width)
+        self.head_pose = _mlp(head_pose_dim, hidden, width)
         self.expression = _mlp(expression_dim, hidden, width)
 
     def forward(
         self, gaze: Tensor, head_pose: Tensor, expression: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, 2), (B, 3), (B, E) -> three (B, D) embeddings in that order."""
+        """(B, 2), (B, P), (B, E) -> three (B, D) embeddings in that order."""
         return self.gaze(gaze), self.head_pose(head_pose), self.expression(expression)
 
 

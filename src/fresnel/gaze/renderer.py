@@ -166,9 +166,16 @@ class _RendererBase(nn.Module):
                 f"B={x.shape[0]}, got {tuple(cond.shape)}"
             )
 
-    def to_rgb(self, x: Tensor, cond: Tensor) -> Tensor:
-        """RGB (B, 3, H, W): the output itself, or the VAE decoding of the output latent."""
+    def to_rgb(self, x: Tensor, cond: Tensor, residual: bool = False) -> Tensor:
+        """RGB (B, 3, H, W): the output itself, or the VAE decoding of the output latent.
+
+        residual=True: the output refines the colour in the feature map's first 3 channels
+        (added to it, or with the VAE to its encoding's mean) instead of painting from nothing.
+        """
         out = self(x, cond)
+        if residual:
+            base = x[:, :3]
+            out = out + (self.vae.encode(base)[0] if self.vae is not None else base)
         return self.vae.decode(out) if self.vae is not None else out
 
 

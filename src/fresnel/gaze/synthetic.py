@@ -35,7 +35,7 @@ EYE_OFFSET = (0.033, -0.015)  # eyeball centre x (mirrored), y; z is set on the 
 EYE_SINK = 0.6  # the eyeball centre lies EYE_SINK * radius behind the skin
 IRIS_ANGLE, PUPIL_ANGLE = math.radians(35), math.radians(15)
 CAMERA_DISTANCE = 0.6
-FOCAL_AT_64 = 240.0  # pixels at 64 px: the face fills the patch as in ETH-XGaze's crops
+FOCAL_AT_64 = 200.0  # pixels at 64 px: the whole head in the patch, so silhouettes bound it
 MOUTH_Y, BROW_Y = 0.042, -0.040
 # Direction towards the light in the camera frame: in front of the face, up and to the right.
 LIGHT = np.array([0.3, -0.4, -1.0]) / np.linalg.norm([0.3, -0.4, -1.0])

@@ -1,0 +1,147 @@
+"""`fresnel` commands of GazeGaussian, with the guide's flags.
+
+fresnel gaze_make_synthetic --output_dir ./data/ETH-XGaze-synthetic --num_subjects 5
+fresnel train_meshhead --batch_size 1 --name meshhead --img_dir ./data/ETH-XGaze --num_epochs 10 \
+    --num_workers 8 --early_stopping --patience 5
+fresnel train_gaze_estimator --img_dir ./data/ETH-XGaze --split test --output estimator.pth
+fresnel train_gazegaussian --batch_size 1 --name gazegaussian_dit --img_dir ./data/ETH-XGaze \
+    --num_epochs 30 --num_workers 2 --lr 0.0001 --clip_grad --load_meshhead_checkpoint ...
+fresnel test_gazegaussian --load_gazegaussian_checkpoint ... --img_dir ... --output_dir ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+
+def _make_synthetic(args) -> None:
+    from fresnel.gaze.synthetic import write_synthetic_xgaze
+
+    summary = write_synthetic_xgaze(args.output_dir, args.num_subjects, args.frames_per_subject,
+                                    args.image_size, args.num_test, args.seed, progress=True)  # fmt: skip
+    print(json.dumps(summary))
+
+
+def _train_meshhead(args) -> None:
+    from fresnel.gaze.meshhead import train_meshhead
+
+    stats = train_meshhead(img_dir=args.img_dir, name=args.name, batch_size=args.batch_size,
+                           num_epochs=args.num_epochs, num_workers=args.num_workers,
+                           early_stopping=args.early_stopping, patience=args.patience,
+                           work_dir=args.work_dir, run_dir=args.run_dir, lr=args.lr,
+                           seed=args.seed, max_frames=args.max_frames)  # fmt: skip
+    print(json.dumps(stats, default=str))
+
+
+def _train_estimator(args) -> None:
+    from fresnel.gaze.data import XGazeDataset
+    from fresnel.gaze.estimator import save_estimator, train_estimator
+
+    data = XGazeDataset(args.img_dir, args.split)
+    model, stats = train_estimator(data, epochs=args.epochs, batch_size=args.batch_size,
+                                   lr=args.lr, seed=args.seed)  # fmt: skip
+    save_estimator(model, args.output, {"trained_on": data.subjects, "split": args.split, **stats})
+    print(json.dumps({"output": args.output, "subjects": data.subjects, **stats}, default=str))
+
+
+def _options(args):
+    from fresnel.gaze.options import GazeGaussianOptions
+
+    names = {f.name for f in dataclasses.fields(GazeGaussianOptions)}
+    return GazeGaussianOptions(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _train_gazegaussian(args) -> None:
+    from fresnel.gaze.train import train_gazegaussian
+
+    print(json.dumps(train_gazegaussian(_options(args)), default=str))
+
+
+def _test_gazegaussian(args) -> None:
+    from fresnel.gaze import redirect
+
+    result = redirect.test_gazegaussian(args.load_gazegaussian_checkpoint, args.img_dir,
+                                        args.output_dir, args.gaze_estimator, args.split,
+                                        args.frames, args.num_samples, args.lpips_weights)  # fmt: skip
+    print(json.dumps(result, default=str))
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_gazegaussian_options(p: argparse.ArgumentParser) -> None:
+    from fresnel.gaze.options import GazeGaussianOptions
+
+    for field in dataclasses.fields(GazeGaussianOptions):
+        default = field.default
+        flag = f"--{field.name}"
+        if field.name == "clip_grad":
+            p.add_argument(flag, action="store_true", help="clip the gradient norm (--clip_norm)")
+        elif field.name == "neural_renderer_type":
+            p.add_argument(flag, choices=["dit", "unet"], default=default)
+        elif isinstance(default, bool):
+            p.add_argument(flag, type=_bool, default=default, metavar="true|false")
+        elif default is None:
+            kind = int if field.name == "max_frames" else str
+            p.add_argument(flag, type=kind, default=None)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("gaze_make_synthetic", help="GazeGaussian: synthetic ETH-XGaze subjects")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--num_subjects", type=int, default=5)
+    p.add_argument("--frames_per_subject", type=int, default=48)
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--num_test", type=int, default=2, help="the last N subjects are the test split")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_make_synthetic)
+
+    p = sub.add_parser("train_meshhead", help="GazeGaussian step 1: the canonical MeshHead")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--name", default="meshhead")
+    p.add_argument("--img_dir", default="./data/ETH-XGaze")
+    p.add_argument("--num_epochs", type=int, default=10)
+    p.add_argument("--num_workers", type=int, default=8)
+    p.add_argument("--early_stopping", action="store_true")
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_frames", type=int, default=None, help="frames per subject")
+    p.add_argument("--work_dir", default="work_dirs")
+    p.add_argument("--run_dir", default=None, help="fixed run folder (default: a timestamped one)")
+    p.set_defaults(func=_train_meshhead)
+
+    p = sub.add_parser("train_gaze_estimator", help="GazeGaussian: gaze / head-pose estimator")
+    p.add_argument("--img_dir", required=True)
+    p.add_argument("--split", default="train", help="train_test_split.json list to train on")
+    p.add_argument("--output", required=True)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_estimator)
+
+    p = sub.add_parser("train_gazegaussian", help="GazeGaussian step 2 (DiT, VAE, orthogonality)")
+    _add_gazegaussian_options(p)
+    p.set_defaults(func=_train_gazegaussian)
+
+    p = sub.add_parser("test_gazegaussian", help="GazeGaussian: redirected samples and metrics")
+    p.add_argument("--load_gazegaussian_checkpoint", required=True)
+    p.add_argument("--img_dir", default="./data/ETH-XGaze")
+    p.add_argument("--output_dir", default="./results/redirected_samples")
+    p.add_argument("--gaze_estimator", default=None,
+                   help="evaluation estimator, not trained on these subjects (for the metrics)")  # fmt: skip
+    p.add_argument("--split", default="train")
+    p.add_argument("--frames", choices=["all", "train", "val"], default="val")
+    p.add_argument("--num_samples", type=int, default=4)
+    p.add_argument("--lpips_weights", default=None)
+    p.set_defaults(func=_test_gazegaussian)
