@@ -18,12 +18,13 @@ venv: $(VENV)/.installed-$(TARGET)
 
 DEMO_TARGETS := results/decoder_exp2.onnx results/decoder_exp2_eval \
 	results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval \
-	results/avatars/synthetic/ablation results/vpog/eval
+	results/avatars/synthetic/ablation results/vpog/eval results/gaze/ablation
 
 demo: venv
 	$(VENV)/bin/snakemake --profile $(TARGET) $(DEMO_TARGETS)
 	@cat results/decoder_exp2_eval/table.md results/pbr_eval/table.md \
-		results/avatars/synthetic/ablation/table.md results/vpog/eval/table.md
+		results/avatars/synthetic/ablation/table.md results/vpog/eval/table.md \
+		results/gaze/ablation/table.md
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 #   snakemake --profile rocm results/decoder_exp2.onnx
 #   snakemake --profile cpu results/pbr_student.mlpackage
 #   snakemake --profile cpu results/avatars/synthetic/ablation
+#   snakemake --profile cpu results/gaze/ablation
 # params.yaml holds every tunable; profiles/ only choose the target and executor.
 from fresnel.params import parse_command_line_values, read_yaml, validate
 from fresnel.pbr.stage_params import problems as pbr_problems
@@ -24,6 +25,7 @@ include: "workflow/rules/decoder.smk"
 include: "workflow/rules/pbr.smk"
 include: "workflow/rules/avatars.smk"
 include: "workflow/rules/vpog.smk"
+include: "workflow/rules/gaze.smk"
 
 
 sync_from_dvc(workflow)
@@ -39,6 +41,7 @@ rule all:
         expand("results/avatars/{subject}/{table}", subject=config["avatars"]["subjects"],
                table=config["targets"].get("avatars", [])),
         ["results/vpog/eval"] if config["targets"].get("vpog") else [],
+        ["results/gaze/ablation"] if config["targets"].get("gaze") else [],
     default_target: True
 
 

@@ -40,6 +40,9 @@ DVC_PRESENTATION = {
     "avatars_table": {"plots": ["{out}/table.png"]},
     "vpog_train": {"plots": ["{out}/curves.png"]},
     "vpog_evaluate": {"metrics": ["{out}/metrics.json"], "plots": ["{out}/retrieval.png"]},
+    "gaze_train": {"plots": ["{out}/curves.png"]},
+    "gaze_evaluate": {"metrics": ["{out}/metrics.json"]},
+    "gaze_ablation": {"metrics": ["{out}/summary.json"], "plots": ["{out}/table.png"]},
 }
 
 
@@ -80,6 +83,13 @@ def avatars_data(wildcards):
 def avatars_run(wildcards):
     avatars = config["avatars"]
     return Section(run_param_paths(avatars, wildcards.avatar_run), run_options(avatars, wildcards.avatar_run))
+
+
+def gaze_variant(wildcards):
+    """`gaze.train` with one ablation variant's changes on top."""
+    gaze = config["gaze"]
+    variant = wildcards.gaze_variant
+    return Section(["gaze.train", f"gaze.variants.{variant}"], {**gaze["train"], **gaze["variants"][variant]})
 
 
 def avatars_table(wildcards):
