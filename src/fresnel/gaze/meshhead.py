@@ -33,6 +33,7 @@ from tqdm import tqdm
 from fresnel.gaze.data import XGazeDataset, collate
 from fresnel.gaze.dmtet import marching_tetrahedra, tet_grid
 from fresnel.gaze.model import positional_encoding
+from fresnel.gaze.train import LogFile
 from fresnel.render.projection import Camera
 from fresnel.render.soft_mesh import render_attributes, soft_silhouette
 from fresnel.training import Checkpointer, CheckpointNames, Panel, Progress, RunLog
@@ -333,7 +334,7 @@ def train_meshhead(img_dir, name: str = "meshhead", batch_size: int = 1, num_epo
         state, _ = ckpt.load(run / "checkpoints" / NAMES.last)
     runlog = RunLog(run, resume_epoch=state.epoch, panels=PANELS,
                     meta={"model": model.cfg.as_dict()})  # fmt: skip
-    say = _log_file(run / "log.txt")
+    say = LogFile(run / "log.txt")
     start = gt_distance(model, train)
     say(
         f"[MeshHead] {len(train)} training / {len(val)} validation frames of "
@@ -378,15 +379,6 @@ def train_meshhead(img_dir, name: str = "meshhead", batch_size: int = 1, num_epo
 
 def _mm(distance: float | None) -> float | None:
     return None if distance is None else 1000 * distance
-
-
-def _log_file(path: Path):
-    def say(text: str) -> None:
-        with path.open("a") as f:
-            f.write(text + "\n")
-        log.info("%s", text)
-
-    return say
 
 
 def final_checkpoint(run_dir) -> Path:

@@ -154,7 +154,7 @@ def loss_lines(values: dict, vgg_note: str | None) -> str:
     ])  # fmt: skip
 
 
-class _LogFile:
+class LogFile:
     """log.txt of the run: every line also goes to the module logger."""
 
     def __init__(self, path: Path):
@@ -219,7 +219,7 @@ def build(opt: GazeGaussianOptions, data: XGazeDataset, vae: VAE | None) -> Gaze
 def train_gazegaussian(opt: GazeGaussianOptions, progress: bool = True) -> dict:
     run = run_directory(opt)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    say = _LogFile(run / "log.txt")
+    say = LogFile(run / "log.txt")
     train_data = XGazeDataset(opt.img_dir, "train", frames="train",
                               val_fraction=opt.val_fraction, max_frames=opt.max_frames)  # fmt: skip
     val_data = XGazeDataset(opt.img_dir, "train", frames="val",
