@@ -19,7 +19,6 @@ every epoch, `best.pth` (lowest validation loss: what step 2 loads by default) a
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,13 +32,10 @@ from tqdm import tqdm
 from fresnel.gaze.data import XGazeDataset, collate
 from fresnel.gaze.dmtet import marching_tetrahedra, tet_grid
 from fresnel.gaze.model import positional_encoding
-from fresnel.gaze.train import LogFile
 from fresnel.render.projection import Camera
 from fresnel.render.soft_mesh import render_attributes, soft_silhouette
-from fresnel.training import Checkpointer, CheckpointNames, Panel, Progress, RunLog
+from fresnel.training import Checkpointer, CheckpointNames, LogFile, Panel, Progress, RunLog
 from fresnel.training.checkpoint import CheckpointError, read_checkpoint
-
-log = logging.getLogger(__name__)
 
 NAMES = CheckpointNames(last="last.pth", best="best.pth", periodic="meshhead_epoch_{epoch}.pth")
 PANELS = (Panel("loss", ("train_loss", "val_loss"), log_scale=True),

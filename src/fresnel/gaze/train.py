@@ -17,7 +17,6 @@ here on the training frames; an orthogonality loss on the learned condition embe
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -34,10 +33,8 @@ from fresnel.gaze.eyes import angular_error_deg
 from fresnel.gaze.model import GazeGaussian, GazeGaussianConfig
 from fresnel.gaze.options import GazeGaussianOptions
 from fresnel.gaze.renderer import VAE, frozen_vae
-from fresnel.training import Checkpointer, CheckpointNames, Panel, Progress, RunLog
+from fresnel.training import Checkpointer, CheckpointNames, LogFile, Panel, Progress, RunLog
 from fresnel.training.checkpoint import CheckpointError, read_checkpoint
-
-log = logging.getLogger(__name__)
 
 NAMES = CheckpointNames(last="last.pth", best="best.pth", periodic="gazegaussian_epoch_{epoch}.pth")
 PANELS = (Panel("loss", ("train_loss", "val_loss"), log_scale=True),
@@ -152,19 +149,6 @@ def loss_lines(values: dict, vgg_note: str | None) -> str:
         f"  - Angular Loss: {values['angular']:.2f} (degrees)",
         f"  - Orthogonality Loss: {values['orthogonality']:.4f}",
     ])  # fmt: skip
-
-
-class LogFile:
-    """log.txt of the run: every line also goes to the module logger."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, text: str) -> None:
-        with self.path.open("a") as f:
-            f.write(text.rstrip("\n") + "\n")
-        for line in text.splitlines():
-            log.info("%s", line)
 
 
 def _vgg_loss(opt: GazeGaussianOptions):

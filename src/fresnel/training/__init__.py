@@ -23,7 +23,7 @@ from fresnel.training.checkpoint import (
     read_checkpoint,
 )
 from fresnel.training.distributed import World
-from fresnel.training.runlog import Panel, RunLog, plot_curves
+from fresnel.training.runlog import LogFile, Panel, RunLog, plot_curves
 from fresnel.training.seeding import EPOCH_SEED_STRIDE, epoch_generator, epoch_seed
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Amp",
     "CheckpointNames",
     "Checkpointer",
+    "LogFile",
     "Panel",
     "Progress",
     "RunLog",

@@ -35,6 +35,20 @@ class Panel:
 DEFAULT_PANELS = (Panel("loss", ("train_loss", "val_loss"), log_scale=True),)
 
 
+class LogFile:
+    """A run's human-readable `log.txt` (the lines a guide promises); each line also goes to
+    the module logger."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, text: str) -> None:
+        with self.path.open("a") as f:
+            f.write(text.rstrip("\n") + "\n")
+        for line in text.splitlines():
+            log.info("%s", line)
+
+
 class RunLog:
     def __init__(self, directory, *, resume_epoch: int = 0, panels=DEFAULT_PANELS,
                  tensorboard_dir=None, dvclive: bool = False, wandb: dict | None = None,
