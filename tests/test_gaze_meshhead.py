@@ -53,9 +53,9 @@ def fitted(tmp_path_factory):
 
 
 def test_meshhead_overfits_a_synthetic_subject(fitted):
-    """Mesh to ground truth (front half) from the sphere prior: measured 4.6 -> 3.0 mm."""
+    """Mesh to ground truth (front half) from the sphere prior: measured 4.6 -> 2.6 mm."""
     _, stats = fitted
-    assert stats["final_gt_distance_mm"] < stats["initial_gt_distance_mm"] / 1.3, stats
+    assert stats["final_gt_distance_mm"] < stats["initial_gt_distance_mm"] / 1.5, stats
 
 
 def test_the_guide_files_and_a_checkpoint_round_trip(fitted, tmp_path):

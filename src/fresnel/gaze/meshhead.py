@@ -65,7 +65,8 @@ class MeshHeadConfig:
     expr_dims: int = 3
     num_landmarks: int = 68
     max_expression_offset: float = 0.01
-    sigma: float = 0.5  # soft silhouette sharpness, pixels
+    sigma: float = 0.1  # soft silhouette sharpness, pixels; 0.1 fits closer than 0.5
+    # (one subject, 10 epochs: 2.44 vs 2.96 mm to the ground truth)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "extent": list(self.extent)}
