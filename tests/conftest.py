@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,12 @@ def run(cmd: str, cwd: Path, check: bool = True, env: dict | None = None):
             f"`{cmd}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def planned_rules(ws: Path, target: str, prefix: str) -> set[str]:
+    """The rules named prefix* that a dry run of target would run."""
+    out = run(f"snakemake -n {target}", ws)
+    return set(re.findall(rf"rule ({prefix}\w+):", out.stdout + out.stderr))
 
 
 def make_workspace(path: Path) -> Path:

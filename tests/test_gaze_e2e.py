@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import make_workspace, run
+from conftest import make_workspace, planned_rules, run
 from test_pipeline_e2e import set_param
 
 pytestmark = pytest.mark.slow
@@ -30,11 +30,6 @@ def chain(tmp_path_factory):
         set_param(ws, key, value)
     run(f"snakemake --profile cpu {TABLE}", ws)
     return ws
-
-
-def planned(ws) -> set[str]:
-    out = run(f"snakemake -n {TABLE}", ws)
-    return set(re.findall(r"rule (gaze_\w+):", out.stdout + out.stderr))
 
 
 def test_redirection_beats_no_redirection_and_orthogonality_decorrelates(chain):
@@ -65,9 +60,9 @@ def test_the_guide_outputs_of_both_steps(chain):
 
 
 def test_nothing_is_stale_and_a_variant_edit_reruns_that_variant_only(chain):
-    assert planned(chain) == set()
+    assert planned_rules(chain, TABLE, "gaze_") == set()
     set_param(chain, "gaze.variants.unet", {"neural_renderer_type": "unet", "lr": 0.002})
-    assert planned(chain) == {"gaze_train", "gaze_evaluate", "gaze_ablation"}
+    assert planned_rules(chain, TABLE, "gaze_") == {"gaze_train", "gaze_evaluate", "gaze_ablation"}
     out = run(f"snakemake -n {TABLE}", chain).stdout
     assert re.search(r"gaze_train\s+1\n", out) and "output: results/gaze/runs/unet" in out
 
