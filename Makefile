@@ -16,15 +16,10 @@ $(VENV)/.installed-$(TARGET): pyproject.toml envs/$(TARGET).txt
 
 venv: $(VENV)/.installed-$(TARGET)
 
-DEMO_TARGETS := results/decoder_exp2.onnx results/decoder_exp2_eval \
-	results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval \
-	results/avatars/synthetic/ablation results/vpog/eval results/gaze/ablation
-
+# Every family's demo targets and tables come from the family registry (fresnel.registry).
 demo: venv
-	$(VENV)/bin/snakemake --profile $(TARGET) $(DEMO_TARGETS)
-	@cat results/decoder_exp2_eval/table.md results/pbr_eval/table.md \
-		results/avatars/synthetic/ablation/table.md results/vpog/eval/table.md \
-		results/gaze/ablation/table.md
+	$(VENV)/bin/snakemake --profile $(TARGET) $$($(VENV)/bin/fresnel demo-targets)
+	@$(VENV)/bin/fresnel demo-tables
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -43,9 +38,11 @@ system-packages:
 	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# One pytest worker per core (end-to-end modules first, each module on one worker; torch
+# threads split between the workers: tests/conftest.py).
 test: lint system-packages
 	$(VENV)/bin/fresnel dvc-yaml --check
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
 fast-test: venv
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -3,10 +3,11 @@
 #   snakemake --profile cpu results/pbr_student.mlpackage
 #   snakemake --profile cpu results/avatars/synthetic/ablation
 #   snakemake --profile cpu results/gaze/ablation
-# params.yaml holds every tunable; profiles/ only choose the target and executor.
+# params.yaml holds every tunable; profiles/ only choose the target and executor. The model
+# families (their rule files, and what `rule all` builds) come from fresnel.registry.
 from fresnel.params import parse_command_line_values, read_yaml, validate
-from fresnel.pbr.stage_params import problems as pbr_problems
 from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc, report_failures
+from fresnel.registry import families, params_checks, rule_files
 
 
 read_yaml("params.yaml")  # a syntax error names its line (Snakemake's own message does not)
@@ -16,16 +17,15 @@ configfile: "params.yaml"
 
 
 config.update(parse_command_line_values(config))
-validate(config, source="params.yaml (with --config overrides)", checks=[pbr_problems])
+validate(config, source="params.yaml (with --config overrides)", checks=params_checks())
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/decoder.smk"
-include: "workflow/rules/pbr.smk"
-include: "workflow/rules/avatars.smk"
-include: "workflow/rules/vpog.smk"
-include: "workflow/rules/gaze.smk"
+
+
+for rules in rule_files():
+
+    include: rules
 
 
 sync_from_dvc(workflow)
@@ -33,15 +33,7 @@ sync_from_dvc(workflow)
 
 rule all:
     input:
-        expand("results/decoder_exp{exp}.onnx", exp=config["targets"]["decoder_experiments"]),
-        expand("results/decoder_exp{exp}_eval", exp=config["targets"]["decoder_experiments"]),
-        ["results/pbr_student.mlpackage", "results/pbr_student.onnx", "results/pbr_eval"]
-        if config["targets"]["pbr"]
-        else [],
-        expand("results/avatars/{subject}/{table}", subject=config["avatars"]["subjects"],
-               table=config["targets"].get("avatars", [])),
-        ["results/vpog/eval"] if config["targets"].get("vpog") else [],
-        ["results/gaze/ablation"] if config["targets"].get("gaze") else [],
+        [target for family in families() for target in family.all_targets(config)],
     default_target: True
 
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from common import save, timed, timed_interleaved
-from conftest import make_workspace, run
+from support.workspace import make_workspace, run
 
 
 def main(repeat: int = 5) -> None:

@@ -1,6 +1,6 @@
 """What the Slurm path adds per job: the same DAG slice (download -> ... -> shards, 7 jobs,
 4 of them one after the other) run with --forceall through the local executor (cpu profile)
-and through the slurm profile on the throw-away 2-node cluster of tests/slurm_cluster.py,
+and through the slurm profile on the throw-away 2-node cluster of tests/support/slurm_cluster.py,
 alternated. The difference divided by the jobs on the longest path is Slurm's cost per
 job there: sbatch, the job's own snakemake start, and the plugin's status polling (first
 check after 1 s here; the plugin's default is 40 s, and it waits 10 s longer after each
@@ -12,9 +12,8 @@ import tempfile
 from pathlib import Path
 
 from common import save, timed_interleaved
-from conftest import make_workspace, run
-from slurm_cluster import SlurmCluster
-from test_slurm import SITE
+from support.slurm_cluster import SITE, SlurmCluster
+from support.workspace import make_workspace, run
 
 TARGET = "data/shards"
 JOBS, CHAIN = (

@@ -1,58 +1,35 @@
+"""Fixtures every test folder shares; the code behind them is in tests/support/."""
+
 import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-WORKSPACE_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "workflow", "profiles", "src")
+from support.workspace import make_workspace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def run(cmd: str, cwd: Path, check: bool = True, env: dict | None = None):
-    """Run a shell command with the venv's tools first on PATH; return the result."""
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
-    result = subprocess.run(
-        cmd, shell=True, cwd=cwd, capture_output=True, text=True, env=full_env, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"`{cmd}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker and the jobs it starts get its share of the cores:
+    torch's default (every core in every process) made the renderer 3-11x slower with two
+    processes on two cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = threads
 
 
-def planned_rules(ws: Path, target: str, prefix: str) -> set[str]:
-    """The rules named prefix* that a dry run of target would run."""
-    out = run(f"snakemake -n {target}", ws)
-    return set(re.findall(rf"rule ({prefix}\w+):", out.stdout + out.stderr))
+_share_the_cores()
 
 
-def make_workspace(path: Path) -> Path:
-    """A fresh git + DVC repository holding the pipeline definition (no outputs)."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in WORKSPACE_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, path / name)
-    for target in ("cpu", "cuda", "rocm", "mps", "slurm"):
-        (path / target).symlink_to(f"profiles/{target}")
-    shutil.copy2(REPO / ".gitignore", path / ".gitignore")
-    run("git init -q && git config user.email t@t && git config user.name t", path)
-    run("dvc init -q && dvc config core.analytics false", path)
-    run("git add -A && git commit -qm workspace", path)
-    return path
+def pytest_collection_modifyitems(items):
+    """End-to-end (slow) modules first, so that no long module starts last on a worker."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture
-def workspace(tmp_path) -> Path:
+def workspace(tmp_path):
     return make_workspace(tmp_path / "ws")
 
 

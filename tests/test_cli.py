@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from chat_server import ChatServer
-from conftest import run
 from fresnel import io
 from fresnel.data.download import IMAGE_SUFFIXES
+from support.chat_server import ChatServer
+from support.workspace import run
 
 IMAGE_TYPES = " ".join(IMAGE_SUFFIXES)
 

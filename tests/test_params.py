@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from conftest import REPO
 from fresnel import params
+from support.workspace import REPO
 
 
 def demo_params() -> dict:

@@ -8,21 +8,34 @@ overrides (the guides' `--config configs/my_config.py` style; nanoGPT's configur
 Overrides take nested dicts or dotted keys; an unknown key is an error that names it and
 the known fields; CLI strings get the type of the field they replace. Config files are
 Python and run as code: load only files you trust.
+
+Command lines: `add_option_flags(parser, Options, style)` gives every field a flag and
+`options_from_args(args, Options, base)` loads the flags given (over a preset's values)
+through `apply_overrides`; the one builder of every family's CLI. `style` is the guide's
+spelling of booleans, and with each a switch can be set both ways:
+
+    negatable   --use_amp / --no-use_amp          (argparse's BooleanOptionalAction)
+    switch      --bind_to_mesh / --no_bind_to_mesh (upstream's store_true, plus its opposite)
+    value       --use_vae [true|false]             (a bare flag means true)
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, fields, is_dataclass
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+BOOLEAN_STYLES = ("negatable", "switch", "value")
 
 
 class ConfigError(ValueError):
@@ -62,15 +75,33 @@ def _set(cfg, path: list[str], value: Any) -> None:
         if depth == len(path) - 1:
             if is_dataclass(current):
                 raise ConfigError(f"{'.'.join(path)!r} is a section; set its fields instead")
-            setattr(target, name, coerce(current, value, ".".join(path)))
+            kind = field_types(type(target))[name]
+            setattr(target, name, coerce(current, value, ".".join(path), kind))
         elif not is_dataclass(current):
             raise ConfigError(f"{'.'.join(path[: depth + 1])!r} is not a section")
         else:
             target = current
 
 
-def coerce(current: Any, value: Any, key: str) -> Any:
-    """Give `value` the type of the field it replaces (CLI strings, ints for floats, lists)."""
+def field_types(cls) -> dict[str, Any]:
+    """Each field's declared type, optional types reduced to the type they allow besides None
+    (`int | None` -> int)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _non_none(hints[f.name]) for f in fields(cls)}
+
+
+def _non_none(kind):
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0] if len(args) == 1 else kind
+    return kind
+
+
+def coerce(current: Any, value: Any, key: str, kind: Any = None) -> Any:
+    """Give `value` the type of the field it replaces (CLI strings, ints for floats, lists);
+    where the field holds None, its declared `kind` decides."""
+    if current is None and value is not None and kind in (bool, int, float):
+        current = kind()
     if isinstance(value, str) and current is not None and not isinstance(current, str):
         if isinstance(current, bool):
             if value.lower() not in TRUE_WORDS + FALSE_WORDS:
@@ -136,3 +167,69 @@ def get_config(name_or_path, presets: dict[str, Callable], expected: type, alias
     if name.endswith(".py") or Path(name).is_file():
         return load_config_file(name, expected, aliases)
     raise ConfigError(f"unknown config {name!r}: use one of {', '.join(presets)} or a .py file")
+
+
+def parse_bool(text: str) -> bool:
+    if str(text).lower() in TRUE_WORDS:
+        return True
+    if str(text).lower() in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser,
+    options: type,
+    style: str = "negatable",
+    skip: Iterable[str] = (),
+    dash: bool = False,
+    help: dict[str, str] | None = None,
+    choices: dict[str, Iterable] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """A flag for every field of the dataclass `options` (not those in `skip`), named after the
+    field (`dash`: underscores become hyphens), its type from the annotation, its default (the
+    dataclass's, or the command's own `defaults` that it passes to `options_from_args`) shown
+    in the help. Flags not given stay out of the namespace: `options_from_args` then keeps the
+    preset's or the dataclass's value."""
+    if style not in BOOLEAN_STYLES:
+        raise ValueError(f"style {style!r}: use one of {', '.join(BOOLEAN_STYLES)}")
+    kinds, helps, allowed = field_types(options), help or {}, choices or {}
+    for f in fields(options):
+        if f.name in skip or is_dataclass(kinds[f.name]):
+            continue
+        default = (defaults or {}).get(f.name, f.default)
+        if default is MISSING:
+            default = f.default_factory()  # type: ignore[misc]
+        flag = "--" + (f.name.replace("_", "-") if dash else f.name)
+        text = f"{helps.get(f.name, f.metadata.get('help', ''))} (default: {default})".lstrip()
+        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+        if kinds[f.name] is bool:
+            _add_boolean(parser, flag, style, dash, common)
+        else:
+            kind = kinds[f.name] if kinds[f.name] in (int, float, str) else str
+            parser.add_argument(flag, type=kind, choices=allowed.get(f.name), **common)
+
+
+def _add_boolean(parser, flag: str, style: str, dash: bool, common: dict) -> None:
+    if style == "negatable":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+    elif style == "value":
+        parser.add_argument(flag, nargs="?", const=True, type=parse_bool, metavar="true|false",
+                            **common)  # fmt: skip
+    else:
+        parser.add_argument(flag, action="store_const", const=True, **common)
+        opposite = "--no" + ("-" if dash else "_") + flag.removeprefix("--")
+        parser.add_argument(opposite, action="store_const", const=False, dest=common["dest"],
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+
+
+def given_options(args: argparse.Namespace, options: type) -> dict[str, Any]:
+    """The fields of `options` that the command line set."""
+    return {f.name: getattr(args, f.name) for f in fields(options) if hasattr(args, f.name)}
+
+
+def options_from_args(args: argparse.Namespace, options: type, base: dict | None = None):
+    """`options`' defaults, then `base` (a preset), then the flags given, each through
+    apply_overrides (typed, one-line errors naming the key)."""
+    return apply_overrides(options(), {**(base or {}), **given_options(args, options)})

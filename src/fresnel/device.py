@@ -112,6 +112,18 @@ def auto_target() -> str:
     return "cpu"
 
 
+def deterministic_on_cpu() -> None:
+    """CPU runs are deterministic: with torch's default algorithms, a few CPU kernels
+    (accumulating index_put_, the backward of advanced indexing) sum in thread order, so two
+    runs on 2 threads differed after one MeshHead epoch. Where no GPU is visible, every
+    process of the project turns torch's deterministic algorithms on (a warning, not an
+    error, for an op without one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def describe(target: Target) -> str:
     if target.amp_dtype is None:
         amp = "AMP off (float32)"

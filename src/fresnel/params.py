@@ -1,4 +1,5 @@
-"""params.yaml loading and validation against workflow/schemas/params.schema.yaml.
+"""params.yaml loading and validation against workflow/schemas/params.schema.yaml and the
+families' sections of it (`src/fresnel/<family>/params.schema.yaml`).
 
 Errors name the key's path (`shards.shard_size: 'fast' is not of type 'integer'`), so a
 typo fails before any job runs.
@@ -13,6 +14,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import yaml
 
+from fresnel import registry
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
@@ -22,7 +25,15 @@ class ParamsError(ValueError):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    return yaml.safe_load(path.read_text())
+    """The shared schema with every family's section (and its `targets` keys) merged in."""
+    schema = yaml.safe_load(path.read_text())
+    for family in registry.families():
+        part = yaml.safe_load(family.schema.read_text())
+        schema["$defs"].update(part.get("$defs", {}))
+        schema["properties"][family.name] = part["section"]
+        schema["required"].append(family.name)
+        schema["properties"]["targets"]["properties"].update(part.get("targets", {}))
+    return schema
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -39,7 +50,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate(params: dict, source: str = "params.yaml", schema: dict | None = None,
              checks=()) -> dict:  # fmt: skip
     """Raise ParamsError listing every problem in `params`, each with its key path.
-    `checks`: more functions params -> problems (a family's checks; params knows none)."""
+    `checks`: more functions params -> problems (the families': registry.params_checks())."""
     validator = jsonschema.Draft202012Validator(schema or load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
     problems = [_describe(e) for e in errors] or _cross_field_problems(params)

@@ -2,6 +2,7 @@
 # its evaluation -> tables of runs (the guide's presets, its cumulative ablation, its
 # sensitivity sweep). A run reads params.yaml `avatars.train` plus the flags of the additions
 # it turns on, so editing one addition's flags reruns only the runs that use it.
+from fresnel.avatars.options import run_options, run_param_paths
 
 wildcard_constraints:
     subject="[A-Za-z0-9_-]+",
@@ -24,25 +25,28 @@ rule avatars_dataset:
 
 rule avatars_train:
     input:
-        data=avatars_data,
-        code=code("train_avatars.py"),
+        data=lambda wildcards: local_or(config["avatars"]["subjects"][wildcards.subject], f"data/avatars/{wildcards.subject}"),
+        code=code("avatars_train.py"),
     output:
         directory("results/avatars/{subject}/runs/{avatar_run}"),
     params:
-        cfg=avatars_run,
+        cfg=lambda wildcards: Section(
+            run_param_paths(config["avatars"], wildcards.avatar_run),
+            run_options(config["avatars"], wildcards.avatar_run),
+        ),
     resources:
         **gpu_job("avatars_train"),
     log:
         "logs/avatars_train_{subject}_{avatar_run}.log",
     script:
-        "../scripts/train_avatars.py"
+        "../scripts/avatars_train.py"
 
 
 rule avatars_evaluate:
     input:
         run="results/avatars/{subject}/runs/{avatar_run}",
-        data=avatars_data,
-        code=code("evaluate_avatars.py"),
+        data=lambda wildcards: local_or(config["avatars"]["subjects"][wildcards.subject], f"data/avatars/{wildcards.subject}"),
+        code=code("avatars_evaluate.py"),
     output:
         report(
             directory("results/avatars/{subject}/eval/{avatar_run}"),
@@ -56,7 +60,7 @@ rule avatars_evaluate:
     log:
         "logs/avatars_evaluate_{subject}_{avatar_run}.log",
     script:
-        "../scripts/evaluate_avatars.py"
+        "../scripts/avatars_evaluate.py"
 
 
 rule avatars_table:
@@ -76,7 +80,9 @@ rule avatars_table:
             subcategory="{subject}",
         ),
     params:
-        cfg=avatars_table,
+        cfg=lambda wildcards: Section(
+            [f"avatars.tables.{wildcards.table}"], {"runs": config["avatars"]["tables"][wildcards.table]}
+        ),
         title=lambda wc: f"GaussianAvatars {wc.table}: {wc.subject}",
     log:
         "logs/avatars_table_{subject}_{table}.log",

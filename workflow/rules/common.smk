@@ -1,7 +1,6 @@
 # Glue shared by every rule: params sections, code dependencies, job environment.
 import os
 
-from fresnel.avatars.options import run_options, run_param_paths
 from fresnel.device import TARGET_ENV_VAR
 from fresnel.pipeline.glue import Section, code_inputs, section
 
@@ -13,8 +12,30 @@ os.environ.update({k: str(v) for k, v in config.get("job_env", {}).items()})
 
 def P(path, *keys):
     """The params.yaml section `path` (e.g. "decoder.train"), or only its `keys`: what a
-    rule reads, tracked by Snakemake and DVC."""
+    rule reads, tracked by Snakemake and DVC. A path with wildcards ("gaze.variants.{gaze_variant}")
+    gives a function of the job's wildcards."""
+    if "{" in path:
+        return lambda wildcards: section(config, path.format(**wildcards), keys)
     return section(config, path, keys)
+
+
+def merged(*paths):
+    """Several sections (paths may hold wildcards), later ones overriding earlier keys: what a
+    job reads when it is a base section with changes (e.g. an ablation variant)."""
+
+    def values(wildcards):
+        named = [path.format(**wildcards) for path in paths]
+        combined = {}
+        for path in named:
+            combined.update(section(config, path))
+        return Section(named, combined)
+
+    return values
+
+
+def local_or(source, built):
+    """A `local:<dir>` params value's folder, else `built` (the output of the stage that makes it)."""
+    return source.removeprefix("local:") if source.startswith("local:") else built
 
 
 def gpu_job(rule):
@@ -28,32 +49,9 @@ def gpu_job(rule):
             "tasks_per_gpu": 1, "mpi": "srun"}  # fmt: skip
 
 
-# What `dvc metrics show` and `dvc plots show` present of each rule's outputs
-# ({out} = its first output).
-DVC_PRESENTATION = {
-    "decoder_train": {"plots": [{"{out}/dvclive/plots/metrics": {"x": "step"}}, "{out}/renders.png"]},
-    "decoder_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/held_out.png", "{out}/psnr.png"]},
-    "pbr_teacher": {"plots": ["{out}/curves.png"]},
-    "pbr_student": {"plots": ["{out}/curves.png"]},
-    "pbr_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/metrics.png"]},
-    "avatars_evaluate": {"metrics": ["{out}/summary.json"], "plots": ["{out}/held_out.png"]},
-    "avatars_table": {"plots": ["{out}/table.png"]},
-    "vpog_train": {"plots": ["{out}/curves.png"]},
-    "vpog_evaluate": {"metrics": ["{out}/metrics.json"], "plots": ["{out}/retrieval.png"]},
-    "gaze_train": {"plots": ["{out}/curves.png"]},
-    "gaze_evaluate": {"metrics": ["{out}/metrics.json"]},
-    "gaze_ablation": {"metrics": ["{out}/summary.json"], "plots": ["{out}/table.png"]},
-}
-
-
 def code(script):
     """A rule's code inputs: its adapter script and every fresnel module it imports."""
     return code_inputs(f"workflow/scripts/{script}")
-
-
-def vlm_density_input(wildcards):
-    """The vlm stage's density maps join the shards only when params turn it on."""
-    return {"vlm": "data/vlm"} if config["vlm"]["use_vlm"] else {}
 
 
 def sources(path):
@@ -71,26 +69,3 @@ def sources(path):
         return {}
 
     return inputs
-
-
-# GaussianAvatars (workflow/rules/avatars.smk)
-def avatars_data(wildcards):
-    """A subject's dataset: rendered by avatars_dataset, or the user's folder (local:<dir>)."""
-    source = config["avatars"]["subjects"][wildcards.subject]
-    return source.removeprefix("local:") if source.startswith("local:") else f"data/avatars/{wildcards.subject}"
-
-
-def avatars_run(wildcards):
-    avatars = config["avatars"]
-    return Section(run_param_paths(avatars, wildcards.avatar_run), run_options(avatars, wildcards.avatar_run))
-
-
-def gaze_variant(wildcards):
-    """`gaze.train` with one ablation variant's changes on top."""
-    gaze = config["gaze"]
-    variant = wildcards.gaze_variant
-    return Section(["gaze.train", f"gaze.variants.{variant}"], {**gaze["train"], **gaze["variants"][variant]})
-
-
-def avatars_table(wildcards):
-    return Section([f"avatars.tables.{wildcards.table}"], {"runs": config["avatars"]["tables"][wildcards.table]})

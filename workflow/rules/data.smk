@@ -1,5 +1,11 @@
 # Data stages of the flagship chain: images in, training-ready teacher shards out.
 
+BACKBONES = {"dinov2_small": "dinov2", "depth_anything_v2_small": "depth"}  # file -> params.yaml backbones.<key>
+
+
+wildcard_constraints:
+    backbone="|".join(BACKBONES),
+
 
 rule download:
     output:
@@ -29,30 +35,16 @@ rule matte:
         "../scripts/matte.py"
 
 
-rule export_dinov2:
+rule export_backbone:
     input:
         code=code("export_backbone.py"),
     output:
-        "models/dinov2_small.onnx",
+        "models/{backbone}.onnx",
     params:
-        cfg=P("backbones.dinov2"),
-        kind="dinov2",
+        cfg=lambda wildcards: P(f"backbones.{BACKBONES[wildcards.backbone]}"),
+        kind=lambda wildcards: BACKBONES[wildcards.backbone],
     log:
-        "logs/export_dinov2.log",
-    script:
-        "../scripts/export_backbone.py"
-
-
-rule export_depth:
-    input:
-        code=code("export_backbone.py"),
-    output:
-        "models/depth_anything_v2_small.onnx",
-    params:
-        cfg=P("backbones.depth"),
-        kind="depth",
-    log:
-        "logs/export_depth.log",
+        "logs/export_backbone_{backbone}.log",
     script:
         "../scripts/export_backbone.py"
 
@@ -91,7 +83,7 @@ rule vlm:
 
 rule shards:
     input:
-        unpack(vlm_density_input),
+        unpack(lambda wildcards: {"vlm": "data/vlm"} if config["vlm"]["use_vlm"] else {}),  # density maps when on
         images="data/matted",
         features="data/features",
         code=code("shards.py"),

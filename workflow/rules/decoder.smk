@@ -8,12 +8,12 @@ wildcard_constraints:
 rule decoder_train:
     input:
         shards="data/shards",
-        code=code("train_decoder.py"),
+        code=code("decoder_train.py"),
     output:
         report(
             directory("results/decoder_exp{exp}"),
             patterns=["renders.png", "curves.png"],
-            caption="../report/train.rst",
+            caption="../report/decoder_train.rst",
             category="Decoder",
         ),
     params:
@@ -23,14 +23,14 @@ rule decoder_train:
     log:
         "logs/decoder_train_exp{exp}.log",
     script:
-        "../scripts/train_decoder.py"
+        "../scripts/decoder_train.py"
 
 
 rule decoder_export:
     input:
         run="results/decoder_exp{exp}",
         shards="data/shards",
-        code=code("export_decoder.py"),
+        code=code("decoder_export.py"),
     output:
         "results/decoder_exp{exp}.onnx",
     params:
@@ -38,7 +38,7 @@ rule decoder_export:
     log:
         "logs/decoder_export_exp{exp}.log",
     script:
-        "../scripts/export_decoder.py"
+        "../scripts/decoder_export.py"
 
 
 rule decoder_evaluate:
@@ -46,12 +46,12 @@ rule decoder_evaluate:
         onnx="results/decoder_exp{exp}.onnx",
         run="results/decoder_exp{exp}",
         shards="data/shards",
-        code=code("evaluate_decoder.py"),
+        code=code("decoder_evaluate.py"),
     output:
         report(
             directory("results/decoder_exp{exp}_eval"),
             patterns=["held_out.png", "psnr.png", "per_item.csv"],
-            caption="../report/evaluate.rst",
+            caption="../report/decoder_evaluate.rst",
             category="Decoder",
         ),
     params:
@@ -59,4 +59,4 @@ rule decoder_evaluate:
     log:
         "logs/decoder_evaluate_exp{exp}.log",
     script:
-        "../scripts/evaluate_decoder.py"
+        "../scripts/decoder_evaluate.py"

@@ -3,6 +3,7 @@
 # and budget), on a shared VAE and a shared angular-loss estimator -> redirection samples and
 # metrics, measured by an estimator trained on the test subjects only -> one ablation table.
 
+
 wildcard_constraints:
     gaze_variant="|".join(config["gaze"]["variants"]),
     estimator_split="train|test",
@@ -24,7 +25,7 @@ rule gaze_synthetic:
 rule gaze_meshhead:
     input:
         data="data/gaze/xgaze",
-        code=code("train_meshhead.py"),
+        code=code("gaze_meshhead.py"),
     output:
         directory("results/gaze/meshhead"),
     params:
@@ -34,7 +35,7 @@ rule gaze_meshhead:
     log:
         "logs/gaze_meshhead.log",
     script:
-        "../scripts/train_meshhead.py"
+        "../scripts/gaze_meshhead.py"
 
 
 rule gaze_estimator:
@@ -75,17 +76,17 @@ rule gaze_train:
         meshhead="results/gaze/meshhead",
         estimator="results/gaze/estimator_train",
         vae="results/gaze/vae",
-        code=code("train_gazegaussian.py"),
+        code=code("gaze_train.py"),
     output:
         directory("results/gaze/runs/{gaze_variant}"),
     params:
-        cfg=gaze_variant,
+        cfg=merged("gaze.train", "gaze.variants.{gaze_variant}"),
     resources:
         gpu=1,
     log:
         "logs/gaze_train_{gaze_variant}.log",
     script:
-        "../scripts/train_gazegaussian.py"
+        "../scripts/gaze_train.py"
 
 
 rule gaze_evaluate:
@@ -93,7 +94,7 @@ rule gaze_evaluate:
         run="results/gaze/runs/{gaze_variant}",
         data="data/gaze/xgaze",
         estimator="results/gaze/estimator_test",
-        code=code("evaluate_gazegaussian.py"),
+        code=code("gaze_evaluate.py"),
     output:
         report(
             directory("results/gaze/eval/{gaze_variant}"),
@@ -107,7 +108,7 @@ rule gaze_evaluate:
     log:
         "logs/gaze_evaluate_{gaze_variant}.log",
     script:
-        "../scripts/evaluate_gazegaussian.py"
+        "../scripts/gaze_evaluate.py"
 
 
 rule gaze_ablation:

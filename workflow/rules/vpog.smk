@@ -38,7 +38,7 @@ rule vpog_train:
     input:
         templates="data/vpog/templates",
         queries="data/vpog/train_pbr_web",
-        code=code("train_vpog.py"),
+        code=code("vpog_train.py"),
     output:
         directory("results/vpog/run"),
     params:
@@ -48,7 +48,7 @@ rule vpog_train:
     log:
         "logs/vpog_train.log",
     script:
-        "../scripts/train_vpog.py"
+        "../scripts/vpog_train.py"
 
 
 rule vpog_evaluate:
@@ -56,7 +56,7 @@ rule vpog_evaluate:
         run="results/vpog/run",
         templates="data/vpog/templates",
         queries="data/vpog/test_pbr_web",
-        code=code("evaluate_vpog.py"),
+        code=code("vpog_evaluate.py"),
     output:
         report(
             directory("results/vpog/eval"),
@@ -69,4 +69,4 @@ rule vpog_evaluate:
     log:
         "logs/vpog_evaluate.log",
     script:
-        "../scripts/evaluate_vpog.py"
+        "../scripts/vpog_evaluate.py"

@@ -1,4 +1,4 @@
-"""Rules export_dinov2 / export_depth: backbone to ONNX (logic in fresnel.data.backbones)."""
+"""Rule export_backbone: DINOv2 or Depth Anything to ONNX (logic in fresnel.data.backbones)."""
 
 from fresnel.data import backbones
 from fresnel.pipeline.adapter import stage

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from fresnel.gaze.data import XGazeDataset
 from fresnel.gaze.estimator import save_estimator, train_estimator
+from fresnel.gaze.options import EstimatorOptions
 from fresnel.pipeline.adapter import stage
 
 with stage(snakemake) as rec:
     split = snakemake.wildcards.estimator_split
     frames = "train" if split == "train" else "all"  # GazeGaussian's held-out frames stay unseen
     data = XGazeDataset(snakemake.input.data, split, frames=frames)
-    model, stats = train_estimator(data, progress=False, **snakemake.params.cfg)
+    options = EstimatorOptions.from_dict(snakemake.params.cfg)
+    model, stats = train_estimator(data, options, progress=False)
     out = Path(snakemake.output[0])
     save_estimator(
         model, out / "estimator.pth", {"split": split, "subjects": data.subjects, **stats}

@@ -36,10 +36,11 @@ def _preset(args) -> dict:
 
 
 def _train(args) -> None:
-    from fresnel.avatars.options import from_arguments
+    from fresnel.avatars.options import AvatarOptions
     from fresnel.avatars.train import train
+    from fresnel.config import given_options
 
-    options = from_arguments(args, _preset(args))
+    options = AvatarOptions.from_dict({**_preset(args), **given_options(args, AvatarOptions)})
     target = device.announce(args.target)
     print(train(args.source_path, args.model_path, options, target, args.start_checkpoint,
                 progress=not args.quiet))  # fmt: skip
@@ -74,7 +75,8 @@ def _metrics(args) -> None:
 
 
 def add_commands(sub) -> None:
-    from fresnel.avatars.options import add_arguments
+    from fresnel.avatars.options import AvatarOptions
+    from fresnel.config import add_option_flags
 
     p = sub.add_parser("avatars_make_dataset", help="GaussianAvatars: synthetic head dataset")
     p.add_argument("--output_dir", required=True)
@@ -95,7 +97,7 @@ def add_commands(sub) -> None:
     p.add_argument("--params", help="params file for --preset (default: ./params.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device.add_target_argument(p)
-    add_arguments(p)
+    add_option_flags(p, AvatarOptions, "switch")  # upstream's store_true, plus --no_<switch>
     p.set_defaults(func=_train)
 
     p = sub.add_parser("avatars_render", help="GaussianAvatars: render a model (render.py)")

@@ -29,7 +29,8 @@ from PIL import Image
 from torch import Tensor
 
 from fresnel.avatars.binding import BoundGaussians
-from fresnel.avatars.head import HeadParams, SyntheticHead, save_param_dir
+from fresnel.avatars.head_params import HeadParams, save_param_dir
+from fresnel.avatars.synthetic_head import SyntheticHead
 from fresnel.io import write_json
 from fresnel.render import Camera, TileBasedRenderer, sh
 

@@ -22,7 +22,8 @@ import torch
 from fresnel import metrics
 from fresnel.avatars import regions
 from fresnel.avatars.data import load_image, save_image
-from fresnel.avatars.head import REGION_INDEX, HeadParams
+from fresnel.avatars.head import REGION_INDEX
+from fresnel.avatars.head_params import HeadParams
 from fresnel.avatars.options import AvatarOptions
 from fresnel.avatars.ply import load_ply
 from fresnel.avatars.scene import load_scene

@@ -47,7 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fresnel.avatars.head import REGION_INDEX, DrivingHead, HeadParams, axis_angle_to_matrix
+from fresnel.avatars.head import REGION_INDEX, DrivingHead
+from fresnel.avatars.head_params import HeadParams
+from fresnel.render.projection import axis_angle_to_matrix
 
 REGISTRATION_URL = "https://flame.is.tue.mpg.de"
 MODEL_KEY = "avatars.train.flame_model_path or --flame_model_path"

@@ -8,8 +8,7 @@ guide's (its Balanced preset's weights, percentiles and schedule)."""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from fresnel.config import ConfigError, apply_overrides
 
@@ -107,24 +106,6 @@ class AvatarOptions:
     def enabled(self) -> list[str]:
         """The additions this run turns on, in the guide's order."""
         return [name for name, (switch, _) in ADDITIONS.items() if getattr(self, switch)]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every option as `--name` (switches as store_true), defaults from the dataclass."""
-    for f in fields(AvatarOptions):
-        if f.type == "bool":
-            parser.add_argument(f"--{f.name}", action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(f"--{f.name}", type=kind, default=None, metavar=f.name.upper())
-
-
-def from_arguments(args: argparse.Namespace, base: dict | None = None) -> AvatarOptions:
-    """`base` (e.g. a preset) overridden by the flags given on the command line."""
-    given = {f.name: getattr(args, f.name) for f in fields(AvatarOptions)}
-    return AvatarOptions.from_dict(
-        {**(base or {}), **{k: v for k, v in given.items() if v is not None}}
-    )
 
 
 def run_options(avatars: dict, run: str) -> dict:

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 from fresnel.avatars.data import SPLITS, DatasetError, Frame, load_image, read_split
-from fresnel.avatars.head import DrivingHead, HeadParams, SyntheticHead, load_param_dir
+from fresnel.avatars.head import DrivingHead
+from fresnel.avatars.head_params import HeadParams, load_param_dir
+from fresnel.avatars.synthetic_head import SyntheticHead
 
 HEAD_FILE = "head.json"  # {"head": "synthetic"} in datasets our synthetic stage writes
 

@@ -12,7 +12,6 @@ fresnel test_gazegaussian --load_gazegaussian_checkpoint ... --img_dir ... --out
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 
@@ -25,38 +24,32 @@ def _make_synthetic(args) -> None:
 
 
 def _train_meshhead(args) -> None:
+    from fresnel.config import options_from_args
     from fresnel.gaze.meshhead import train_meshhead
+    from fresnel.gaze.options import MeshHeadOptions
 
-    stats = train_meshhead(img_dir=args.img_dir, name=args.name, batch_size=args.batch_size,
-                           num_epochs=args.num_epochs, num_workers=args.num_workers,
-                           early_stopping=args.early_stopping, patience=args.patience,
-                           work_dir=args.work_dir, run_dir=args.run_dir, lr=args.lr,
-                           seed=args.seed, max_frames=args.max_frames)  # fmt: skip
+    stats = train_meshhead(options_from_args(args, MeshHeadOptions))
     print(json.dumps(stats, default=str))
 
 
 def _train_estimator(args) -> None:
+    from fresnel.config import options_from_args
     from fresnel.gaze.data import XGazeDataset
     from fresnel.gaze.estimator import save_estimator, train_estimator
+    from fresnel.gaze.options import EstimatorOptions
 
     data = XGazeDataset(args.img_dir, args.split)
-    model, stats = train_estimator(data, epochs=args.epochs, batch_size=args.batch_size,
-                                   lr=args.lr, seed=args.seed)  # fmt: skip
+    model, stats = train_estimator(data, options_from_args(args, EstimatorOptions))
     save_estimator(model, args.output, {"trained_on": data.subjects, "split": args.split, **stats})
     print(json.dumps({"output": args.output, "subjects": data.subjects, **stats}, default=str))
 
 
-def _options(args):
-    from fresnel.gaze.options import GazeGaussianOptions
-
-    names = {f.name for f in dataclasses.fields(GazeGaussianOptions)}
-    return GazeGaussianOptions(**{k: v for k, v in vars(args).items() if k in names})
-
-
 def _train_gazegaussian(args) -> None:
+    from fresnel.config import options_from_args
+    from fresnel.gaze.options import GazeGaussianOptions
     from fresnel.gaze.train import train_gazegaussian
 
-    print(json.dumps(train_gazegaussian(_options(args)), default=str))
+    print(json.dumps(train_gazegaussian(options_from_args(args, GazeGaussianOptions)), default=str))
 
 
 def _test_gazegaussian(args) -> None:
@@ -68,31 +61,11 @@ def _test_gazegaussian(args) -> None:
     print(json.dumps(result, default=str))
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _flags(p: argparse.ArgumentParser, options: type, **kwargs) -> None:
+    """The guide's spelling of switches: `--flag true|false` (a bare `--flag` means true)."""
+    from fresnel.config import add_option_flags
 
-
-def _add_gazegaussian_options(p: argparse.ArgumentParser) -> None:
-    from fresnel.gaze.options import GazeGaussianOptions
-
-    for field in dataclasses.fields(GazeGaussianOptions):
-        default = field.default
-        flag = f"--{field.name}"
-        if field.name == "clip_grad":
-            p.add_argument(flag, action="store_true", help="clip the gradient norm (--clip_norm)")
-        elif field.name == "neural_renderer_type":
-            p.add_argument(flag, choices=["dit", "unet"], default=default)
-        elif isinstance(default, bool):
-            p.add_argument(flag, type=_bool, default=default, metavar="true|false")
-        elif default is None:
-            kind = int if field.name == "max_frames" else str
-            p.add_argument(flag, type=kind, default=None)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
+    add_option_flags(p, options, "value", **kwargs)
 
 
 def add_commands(sub) -> None:
@@ -105,33 +78,22 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_synthetic)
 
+    from fresnel.gaze.options import EstimatorOptions, GazeGaussianOptions, MeshHeadOptions
+
     p = sub.add_parser("train_meshhead", help="GazeGaussian step 1: the canonical MeshHead")
-    p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--name", default="meshhead")
-    p.add_argument("--img_dir", default="./data/ETH-XGaze")
-    p.add_argument("--num_epochs", type=int, default=10)
-    p.add_argument("--num_workers", type=int, default=8)
-    p.add_argument("--early_stopping", action="store_true")
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_frames", type=int, default=None, help="frames per subject")
-    p.add_argument("--work_dir", default="work_dirs")
-    p.add_argument("--run_dir", default=None, help="fixed run folder (default: a timestamped one)")
+    _flags(p, MeshHeadOptions)
     p.set_defaults(func=_train_meshhead)
 
     p = sub.add_parser("train_gaze_estimator", help="GazeGaussian: gaze / head-pose estimator")
     p.add_argument("--img_dir", required=True)
     p.add_argument("--split", default="train", help="train_test_split.json list to train on")
     p.add_argument("--output", required=True)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    _flags(p, EstimatorOptions)
     p.set_defaults(func=_train_estimator)
 
     p = sub.add_parser("train_gazegaussian", help="GazeGaussian step 2 (DiT, VAE, orthogonality)")
-    _add_gazegaussian_options(p)
+    _flags(p, GazeGaussianOptions, choices={"neural_renderer_type": ("dit", "unet")},
+           help={"clip_grad": "clip the gradient norm (--clip_norm)"})  # fmt: skip
     p.set_defaults(func=_train_gazegaussian)
 
     p = sub.add_parser("test_gazegaussian", help="GazeGaussian: redirected samples and metrics")

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from fresnel.gaze.data import GazeDataError
 from fresnel.gaze.eyes import angular_error_deg
+from fresnel.gaze.options import EstimatorOptions
 from fresnel.io import write_bytes
 from fresnel.training.checkpoint import serialize
 
@@ -156,11 +157,8 @@ def _loader(frames: Dataset, batch_size: int, seed: int | None = None) -> DataLo
 
 def train_estimator(
     dataset: Dataset,
+    options: EstimatorOptions | None = None,
     *,
-    epochs: int = 20,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    seed: int = 0,
     device: str | torch.device = "cpu",
     augment: bool = True,
     progress: bool = True,
@@ -170,6 +168,8 @@ def train_estimator(
     Seeded (weights, order, augmentation) and deterministic on the CPU. Returns the model in
     eval mode on `device` and stats: the last epoch's loss and the errors on `dataset`
     (train_*_deg, without augmentation)."""
+    options = options or EstimatorOptions()
+    epochs, batch_size, lr, seed = options.epochs, options.batch_size, options.lr, options.seed
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
         torch.manual_seed(seed)
         model = GazeEstimator().to(device)

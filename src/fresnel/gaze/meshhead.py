@@ -32,9 +32,18 @@ from tqdm import tqdm
 from fresnel.gaze.data import XGazeDataset, collate
 from fresnel.gaze.dmtet import marching_tetrahedra, tet_grid
 from fresnel.gaze.model import positional_encoding
+from fresnel.gaze.options import MeshHeadOptions
 from fresnel.render.projection import Camera
 from fresnel.render.soft_mesh import render_attributes, soft_silhouette
-from fresnel.training import Checkpointer, CheckpointNames, LogFile, Panel, Progress, RunLog
+from fresnel.training import (
+    Checkpointer,
+    CheckpointNames,
+    LogFile,
+    Panel,
+    Progress,
+    RunLog,
+    epoch_generator,
+)
 from fresnel.training.checkpoint import CheckpointError, read_checkpoint
 
 NAMES = CheckpointNames(last="last.pth", best="best.pth", periodic="meshhead_epoch_{epoch}.pth")
@@ -313,18 +322,16 @@ def _epoch(model, loader, optimizer, progress: bool, desc: str) -> dict:
     return {k: v / max(len(loader), 1) for k, v in sums.items()}
 
 
-def train_meshhead(img_dir, name: str = "meshhead", batch_size: int = 1, num_epochs: int = 10,
-                   num_workers: int = 0, early_stopping: bool = False, patience: int = 5,
-                   work_dir="work_dirs", run_dir=None, lr: float = 3e-3, seed: int = 0,
-                   max_frames: int | None = None, progress: bool = True) -> dict:  # fmt: skip
-    """Fit a MeshHead to the training subjects of img_dir; see the module docstring."""
-    run = Path(run_dir) if run_dir else Path(work_dir) / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}"
+def train_meshhead(opt: MeshHeadOptions, progress: bool = True) -> dict:
+    """Fit a MeshHead to the training subjects of opt.img_dir; see the module docstring."""
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    run = Path(opt.run_dir) if opt.run_dir else Path(opt.work_dir) / f"{opt.name}_{stamp}"
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    train = XGazeDataset(img_dir, "train", frames="train", max_frames=max_frames)
-    val = XGazeDataset(img_dir, "train", frames="val", max_frames=max_frames)
+    torch.manual_seed(opt.seed)
+    train = XGazeDataset(opt.img_dir, "train", frames="train", max_frames=opt.max_frames)
+    val = XGazeDataset(opt.img_dir, "train", frames="val", max_frames=opt.max_frames)
     model = build(train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr)
     ckpt = Checkpointer(run / "checkpoints", NAMES, model=model, optimizer=optimizer)
     state = Progress()
     if (run / "checkpoints" / NAMES.last).is_file():
@@ -339,11 +346,13 @@ def train_meshhead(img_dir, name: str = "meshhead", batch_size: int = 1, num_epo
         f"{'resumed at epoch ' + str(state.epoch) if state.epoch else 'sphere prior'}"
         + (f"; mesh to ground truth {1000 * start:.2f} mm" if start is not None else "")
     )
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=num_workers, generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    val_loader = DataLoader(val, batch_size=max(batch_size, 4), collate_fn=collate)
+    val_loader = DataLoader(val, batch_size=max(opt.batch_size, 4), collate_fn=collate)
     stale = 0
-    for epoch in range(state.epoch + 1, num_epochs + 1):
+    for epoch in range(state.epoch + 1, opt.num_epochs + 1):
+        # the epoch's order from (seed, epoch), so a resumed run shuffles as an uninterrupted one
+        loader = DataLoader(train, batch_size=opt.batch_size, shuffle=True, collate_fn=collate,
+                            num_workers=opt.num_workers,
+                            generator=epoch_generator(opt.seed, epoch))  # fmt: skip
         started = time.perf_counter()
         model.train()
         train_terms = _epoch(model, loader, optimizer, progress, f"meshhead epoch {epoch}")
@@ -365,8 +374,8 @@ def train_meshhead(img_dir, name: str = "meshhead", batch_size: int = 1, num_epo
             f"{val_terms['total']:.4f} mesh_gt_distance {gt} "
             f"({record['seconds']:.1f} s) -> {NAMES.epoch(epoch)}"
         )
-        if early_stopping and stale >= patience:
-            say(f"[Early stopping] no validation improvement for {patience} epochs")
+        if opt.early_stopping and stale >= opt.patience:
+            say(f"[Early stopping] no validation improvement for {opt.patience} epochs")
             break
     runlog.close()
     return {"run_dir": str(run), "best": str(final_checkpoint(run)), "epochs": state.epoch,

@@ -1,9 +1,57 @@
-"""The options of `fresnel train_gazegaussian` (the guide's flags and the fork's
-`gazegaussian_options.py` switches); kept free of torch so the CLI parser stays light."""
+"""The options of GazeGaussian's commands (the guide's flags and the fork's
+`gazegaussian_options.py` switches): step 1 (`train_meshhead`), the gaze estimator and step 2
+(`train_gazegaussian`). Each default lives here once; the CLI, the DAG (params.yaml `gaze`) and
+the checkpoints load them through `fresnel.config.apply_overrides`. Kept free of torch so the
+CLI parser stays light."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+from fresnel.config import ConfigError, apply_overrides
+
+
+def _load(cls, values: dict, command: str):
+    try:
+        return apply_overrides(cls(), values)
+    except ConfigError as exc:
+        raise ConfigError(f"{command}: {exc}; see fresnel {command} --help") from None
+
+
+@dataclass
+class MeshHeadOptions:
+    """Step 1, `train_meshhead`: the canonical MeshHead on the training subjects."""
+
+    img_dir: str = "./data/ETH-XGaze"
+    name: str = "meshhead"
+    batch_size: int = 1
+    num_epochs: int = 10
+    num_workers: int = 8
+    early_stopping: bool = False
+    patience: int = 5
+    lr: float = 3e-3
+    seed: int = 0
+    max_frames: int | None = None  # frames per subject
+    work_dir: str = "work_dirs"
+    run_dir: str | None = None  # fixed run folder instead of work_dir/<name>_<timestamp>
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MeshHeadOptions:
+        return _load(cls, values, "train_meshhead")
+
+
+@dataclass
+class EstimatorOptions:
+    """The gaze / head-pose estimator (the angular loss's and the evaluation's judge)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EstimatorOptions:
+        return _load(cls, values, "train_gaze_estimator")
 
 
 @dataclass
@@ -68,8 +116,4 @@ class GazeGaussianOptions(RendererOptions):
 
     @classmethod
     def from_dict(cls, values: dict) -> GazeGaussianOptions:
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown train_gazegaussian option(s) {', '.join(unknown)}; "
-                             "see fresnel train_gazegaussian --help")  # fmt: skip
-        return cls(**values)
+        return _load(cls, values, "train_gazegaussian")

@@ -31,9 +31,17 @@ from fresnel.gaze.data import XGazeDataset, collate
 from fresnel.gaze.embeddings import mean_abs_cosine, orthogonality_loss
 from fresnel.gaze.eyes import angular_error_deg
 from fresnel.gaze.model import GazeGaussian, GazeGaussianConfig
-from fresnel.gaze.options import GazeGaussianOptions
+from fresnel.gaze.options import EstimatorOptions, GazeGaussianOptions
 from fresnel.gaze.renderer import VAE, frozen_vae
-from fresnel.training import Checkpointer, CheckpointNames, LogFile, Panel, Progress, RunLog
+from fresnel.training import (
+    Checkpointer,
+    CheckpointNames,
+    LogFile,
+    Panel,
+    Progress,
+    RunLog,
+    epoch_generator,
+)
 from fresnel.training.checkpoint import CheckpointError, read_checkpoint
 
 NAMES = CheckpointNames(last="last.pth", best="best.pth", periodic="gazegaussian_epoch_{epoch}.pth")
@@ -167,9 +175,8 @@ def _estimator(opt: GazeGaussianOptions, data: XGazeDataset, run: Path, say, pro
     path = run / "checkpoints" / "gaze_estimator.pth"
     if path.is_file():  # a resumed run keeps the estimator it trained
         return gaze_estimator.load_estimator(path)
-    model, stats = gaze_estimator.train_estimator(data, epochs=opt.estimator_epochs,
-                                                  batch_size=16, lr=1e-3, seed=opt.seed,
-                                                  progress=progress)  # fmt: skip
+    options = EstimatorOptions(epochs=opt.estimator_epochs, seed=opt.seed)
+    model, stats = gaze_estimator.train_estimator(data, options, progress=progress)
     gaze_estimator.save_estimator(model, path, {"trained_on": data.subjects, **stats})
     say(
         f"[Gaze Estimator] no --gaze_estimator given: trained here on the training frames "
@@ -234,13 +241,14 @@ def train_gazegaussian(opt: GazeGaussianOptions, progress: bool = True) -> dict:
         say(f"[Resume] from {last} at epoch {progress_state.epoch}")
     runlog = RunLog(run, resume_epoch=progress_state.epoch, panels=PANELS,
                     meta={"options": opt.as_dict()})  # fmt: skip
-    loader = DataLoader(train_data, batch_size=opt.batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=opt.num_workers,
-                        generator=torch.Generator().manual_seed(opt.seed))  # fmt: skip
     extra = {"face_points": model.face.rest, "eye_centers": model.eye_centers,
              "eye_radius": model.eye_radius, "model_config": model.cfg.as_dict()}  # fmt: skip
     for epoch in range(progress_state.epoch + 1, opt.num_epochs + 1):
         torch.manual_seed(opt.seed + epoch)
+        # the epoch's order from (seed, epoch), so a resumed run shuffles as an uninterrupted one
+        loader = DataLoader(train_data, batch_size=opt.batch_size, shuffle=True,
+                            collate_fn=collate, num_workers=opt.num_workers,
+                            generator=epoch_generator(opt.seed, epoch))  # fmt: skip
         started = time.perf_counter()
         train_values = _train_epoch(model, loader, losses, optimizer, trainable, opt, epoch,
                                     progress)  # fmt: skip

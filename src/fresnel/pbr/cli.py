@@ -5,6 +5,7 @@ run_inference.py -> run_inference."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from fresnel import device
@@ -18,7 +19,7 @@ def _make_dataset(args) -> None:
     from fresnel.pbr.synth import prepare_dataset
 
     _print(prepare_dataset(args.data_root, "synthetic", args.materials, args.samples_per_material,
-                           args.size, not args.no_dirty, args.seed))  # fmt: skip
+                           args.size, args.dirty, args.seed))  # fmt: skip
 
 
 def _train(args) -> None:
@@ -65,11 +66,11 @@ def _student_train(args) -> None:
 
 
 def _coreml(args) -> None:
+    from fresnel.config import options_from_args
     from fresnel.pbr.coreml import convert
+    from fresnel.pbr.student_config import CoreMLOptions
 
-    _print(convert(args.checkpoint, args.output, fp16=not args.no_fp16,
-                   palettization=args.palettization, test_resolution=args.test_resolution,
-                   use_sr=args.use_sr))  # fmt: skip
+    _print(convert(args.checkpoint, args.output, options_from_args(args, CoreMLOptions)))
 
 
 def _coreml_inference(args) -> None:
@@ -137,13 +138,17 @@ def _add_student_train(sub) -> None:
 
 
 def add_commands(sub) -> None:
+    from fresnel.config import add_option_flags
+    from fresnel.pbr.student_config import CoreMLOptions
+
     p = sub.add_parser("pbr_make_dataset", help="NeuroPBR: synthetic materials and renders")
     p.add_argument("--data-root", default="./data", help="writes DATA_ROOT/{input,output}")
     p.add_argument("--materials", type=int, default=10)
     p.add_argument("--samples-per-material", type=int, default=2)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-dirty", action="store_true", help="skip the dirty renders")
+    p.add_argument("--dirty", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the dirty renders (curriculum 2); --no-dirty skips them")  # fmt: skip
     p.set_defaults(func=_make_dataset)
 
     p = sub.add_parser("pbr_train", help="NeuroPBR: train the multi-view teacher (train.py)")
@@ -165,11 +170,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("coreml_convert", help="NeuroPBR: student checkpoint -> .mlpackage")
     p.add_argument("checkpoint")
     p.add_argument("--output", default="pbr_model.mlpackage")
-    p.add_argument("--no-fp16", action="store_true", help="keep FP32 (if FP16 shows artifacts)")
-    p.add_argument("--palettization", action="store_true", help="8-bit k-means weight clusters")
-    p.add_argument("--test-resolution", type=int, default=None,
-                   help="convert at this input side (bypasses SR unless --use-sr)")  # fmt: skip
-    p.add_argument("--use-sr", action="store_true", help="keep SR at --test-resolution")
+    add_option_flags(p, CoreMLOptions, "negatable", dash=True,
+                     help={"fp16": "FP16 weights and activations; --no-fp16 keeps FP32",
+                           "palettization": "8-bit k-means weight clusters",
+                           "test_resolution": "convert at this input side (bypasses SR unless "
+                                              "--use-sr)",
+                           "use_sr": "keep SR at --test-resolution"})  # fmt: skip
     p.set_defaults(func=_coreml)
 
     p = sub.add_parser("coreml_inference",

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from torch import nn
 from fresnel.images import IMAGENET_MEAN, IMAGENET_STD
 from fresnel.pbr.maps import MAP_CHANNELS, NUM_VIEWS
 from fresnel.pbr.student import PBRStudent, load_student
+from fresnel.pbr.student_config import CoreMLOptions
 
 INPUT_NAMES = tuple(f"view_{i}" for i in range(NUM_VIEWS))
 OUTPUT_NAMES = tuple(MAP_CHANNELS)
@@ -140,18 +142,14 @@ def save_package(mlmodel, output: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def convert(
-    checkpoint,
-    output,
-    fp16: bool = True,
-    palettization: bool = False,
-    test_resolution: int | None = None,
-    use_sr: bool = False,
-    minimum_ios: int = 17,
-) -> dict:
-    """Convert a student checkpoint to `output` (.mlpackage); returns what was built."""
+def convert(checkpoint, output, options: CoreMLOptions | None = None, **changes) -> dict:
+    """Convert a student checkpoint to `output` (.mlpackage) with `options` (the guide's
+    converter flags) and any of their fields given as keywords; returns what was built."""
     import coremltools as ct
 
+    opts = CoreMLOptions.from_dict({**asdict(options or CoreMLOptions()), **changes})
+    fp16, palettization, use_sr = opts.fp16, opts.palettization, opts.use_sr
+    test_resolution, minimum_ios = opts.test_resolution, opts.minimum_ios
     output = Path(output)
     if output.suffix != ".mlpackage":
         raise ValueError(f"{output}: the Core ML output must end in .mlpackage")

@@ -7,6 +7,7 @@ student), "convattn_student" (PLK bottleneck, same 512 -> 1024 shards), "mobilen
 demos and tests). configs/pbr/<preset>.py return the same presets; any other Python file
 with a `get_config()` works too. Loading and overrides are fresnel.config's; this module adds
 the student's validation and keeps `data.output_size` in step with the model's output side.
+`CoreMLOptions` are the guide's converter flags (`coreml_convert`, params.yaml `pbr.coreml`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ ARCHS = ("mobilenetv3_vit", "convattn")
 ENCODER_STRIDE = 32
 # Overriding one of these without data.output_size re-derives output_size.
 OUTPUT_SIZE_INPUTS = frozenset({"data.image_size", "model.use_sr", "model.sr_scale"})
+
+
+@dataclass
+class CoreMLOptions:
+    """The guide's `coreml/converter.py` flags (fresnel.pbr.coreml.convert)."""
+
+    fp16: bool = True  # --no-fp16 keeps FP32 (if FP16 shows artifacts)
+    palettization: bool = False  # 8-bit k-means weight clusters
+    test_resolution: int | None = None  # convert at this input side (bypasses SR unless use_sr)
+    use_sr: bool = False  # keep SR at --test-resolution
+    minimum_ios: int = 17
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CoreMLOptions:
+        return kit.apply_overrides(cls(), values)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sys
 
-from fresnel.device import requested_target, resolve
+from fresnel.device import deterministic_on_cpu, requested_target, resolve
 from fresnel.provenance import Recorder
 
 
@@ -28,6 +28,7 @@ def _setup_logging(logfile: str | None) -> None:
 def stage(smk, seed=None):
     """Run a rule's body with logging set up; write provenance when it succeeds."""
     _setup_logging(smk.log[0] if smk.log else None)
+    deterministic_on_cpu()
     name = smk.rule + "".join(f"-{v}" for v in dict(smk.wildcards).values())
     params = {k: v for k, v in smk.params.items()}
     cfg = params.get("cfg", {})

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from fresnel.pipeline.glue import SKIP_ENV, Section
+from fresnel.registry import presentation
 
 HEADER = (
     "# Generated from the Snakemake DAG by `fresnel dvc-yaml`; do not edit by hand.\n"
@@ -35,8 +36,7 @@ def _dag_jobs(snakefile: Path, targets: list[str]):
         workflow = workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         workflow._build_dag()
-        jobs = sorted(workflow.dag.jobs, key=lambda j: (j.rule.name, str(j.output)))
-        return jobs, workflow.globals.get("DVC_PRESENTATION", {})
+        return sorted(workflow.dag.jobs, key=lambda j: (j.rule.name, str(j.output)))
 
 
 @contextlib.contextmanager
@@ -57,8 +57,8 @@ def _sync_off():
 
 def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> dict:
     stages, metrics, plots = {}, [], []
-    jobs, presentation = _dag_jobs(Path(snakefile), list(targets))
-    for job in jobs:
+    shown_of = presentation()
+    for job in _dag_jobs(Path(snakefile), list(targets)):
         if not job.output:
             continue  # aggregate rules (all, demo) have nothing to version
         outs = [str(o) for o in job.output]
@@ -73,7 +73,7 @@ def build(snakefile: str = "Snakefile", targets: tuple[str, ...] = ("all",)) -> 
             stage["params"] = params
         stage["outs"] = outs
         stages[_stage_name(job)] = stage
-        shown = presentation.get(job.rule.name, {})
+        shown = shown_of.get(job.rule.name, {})
         metrics += [_fill(m, outs[0]) for m in shown.get("metrics", [])]
         plots += [_fill(p, outs[0]) for p in shown.get("plots", [])]
     return {"stages": stages, **({"metrics": metrics} if metrics else {}),

@@ -1,4 +1,4 @@
-"""`snakemake --lint`, with the findings this project accepts on purpose (README,
+"""`snakemake --lint`, with the findings this project accepts on purpose (docs/operations.md,
 "Workflow lint") filtered out; anything else fails the test command."""
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def remote_name(requested: str | None, root: Path) -> tuple[str, bool]:
                            f"{', '.join(names) or 'none'}): `dvc remote add`")  # fmt: skip
     if not requested and not default:
         raise ReleaseError("no default DVC remote: pass --remote NAME or add one with "
-                           "`dvc remote add -d NAME URL` (README: Remotes and paper reruns)")  # fmt: skip
+                           "`dvc remote add -d NAME URL` (docs/operations.md: Remotes and paper reruns)")  # fmt: skip
     name = requested or default[0]
     return name, name in default
 

@@ -251,6 +251,25 @@ def pixel_centers(size: int, like: Tensor) -> Tensor:
     return torch.arange(size, dtype=like.dtype, device=like.device) + PIXEL_CENTER
 
 
+def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
+    """Rodrigues: axis-angle `(..., 3)` -> rotation matrix `(..., 3, 3)`.
+
+    Exact identity at zero and finite gradients there (series for small angles), so
+    zero-initialised poses can be optimised.
+    """
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*rotvec.shape[:-1], 3, 3)
+    theta2 = (rotvec * rotvec).sum(-1)
+    small = theta2 < 1e-6
+    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
+    safe = safe2.sqrt()
+    a = torch.where(small, 1 - theta2 / 6 + theta2 * theta2 / 120, torch.sin(safe) / safe)
+    b = torch.where(small, 0.5 - theta2 / 24 + theta2 * theta2 / 720, (1 - torch.cos(safe)) / safe2)
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
+    return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
+
+
 def rotmat_to_quat(rotations: Tensor) -> Tensor:
     """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0.
 

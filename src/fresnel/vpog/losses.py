@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fresnel.render.projection import axis_angle_to_matrix
+
 BACKGROUND = -1
 
 
@@ -96,14 +98,6 @@ def reprojection_cost(
     uv = pixels[..., :2] / pixels[..., 2:].clamp_min(1e-6)
     residual = w2d[:, None] * (uv - x2d[:, None])
     return 0.5 * residual.square().sum(dim=(-1, -2))
-
-
-def axis_angle_to_matrix(omega: Tensor) -> Tensor:
-    """[..., 3, 3] rotation exp([omega]_x) of axis-angle vectors omega [..., 3]."""
-    zero = torch.zeros_like(omega[..., 0])
-    x, y, z = omega.unbind(-1)
-    skew = torch.stack((zero, -z, y, z, zero, -x, -y, x, zero), -1).unflatten(-1, (3, 3))
-    return torch.linalg.matrix_exp(skew)
 
 
 def _log_haar_jacobian(omega: Tensor) -> Tensor:

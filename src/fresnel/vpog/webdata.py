@@ -181,11 +181,11 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def shard_paths(directory: str | Path) -> list[Path]:
-    """The sorted `shard-*.tar` files of `directory`; ValueError when there are none."""
+    """The sorted `shard-*.tar` files of `directory`; FileNotFoundError when there are none."""
     directory = Path(directory)
     paths = sorted(directory.glob(SHARD_PATTERN)) if directory.is_dir() else []
     if not paths:
-        raise ValueError(
+        raise FileNotFoundError(
             f"{directory}: no {SHARD_PATTERN} query shards; write them with "
             "fresnel vpog_make_dataset (or the vpog_queries stage) or fix the path"
         )

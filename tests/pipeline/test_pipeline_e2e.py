@@ -1,0 +1,302 @@
+"""End to end: the demo DAG offline, and Snakemake and DVC agreeing about what is stale."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from support.workspace import (
+    BIN,
+    REPO,
+    assert_docs_show_the_tables_of,
+    dvc_stale,
+    make_workspace,
+    nothing_to_do,
+    run,
+    set_param,
+    snakemake_plan,
+)
+
+pytestmark = pytest.mark.slow
+PBR_TARGETS = "results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval"
+DEMO_TARGETS = f"results/decoder_exp2.onnx results/decoder_exp2_eval {PBR_TARGETS}"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo DAG run once by snakemake: the NeuroPBR chain from its .mlpackage target,
+    then everything `make demo` builds."""
+    ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
+    set_param(ws, "decoder.train.epochs", 2)  # the demo's schedule, shortened: these tests rerun it
+    run("git commit -qam 'short schedule'", ws)
+    run("snakemake --profile cpu results/pbr_student.mlpackage", ws)
+    run(f"snakemake --profile cpu {DEMO_TARGETS}", ws)  # what `make demo` runs
+    return ws
+
+
+DOWNSTREAM_OF_SHARDS = {"shards", "decoder_train", "decoder_export", "decoder_evaluate"}
+
+
+def test_demo_produces_decoder_onnx_evaluation_and_provenance(demo):
+    manifest = json.loads((demo / "data/shards/manifest.json").read_text())
+    assert manifest["count"] == 16 and manifest["dtype"] == "float16"
+    assert (demo / "results/decoder_exp2.onnx").is_file()
+    metrics = json.loads((demo / "results/decoder_exp2_eval/summary.json").read_text())
+    assert metrics["held_out"] == 4
+    record = json.loads((demo / "provenance/features.json").read_text())
+    assert record["device"] == "cpu" and record["git_revision"] != "unknown"
+    assert record["params"]["cfg"] == {"batch_size": 4, "depth_size": 256}
+
+
+def test_demo_density_maps_come_from_the_offline_provider_into_the_shards(demo):
+    index = json.loads((demo / "data/vlm/index.json").read_text())
+    providers = {entry["provider"] for entry in index["items"].values()}
+    assert providers <= {"offline:lbp-face", "offline:saliency"} and len(index["items"]) == 16
+    assert index["items"]["sample_astronaut"]["branch"] == "smart-face"
+    manifest = json.loads((demo / "data/shards/manifest.json").read_text())
+    assert manifest["vlm_density"] and manifest["tensors"]["vlm_density"] == [64, 64]
+    train = json.loads((demo / "provenance/decoder_train-2.json").read_text())
+    assert train["params"]["cfg"]["use_vlm_guidance"] is True
+
+
+def test_pbr_chain_exports_the_student_and_both_models_beat_the_baseline(demo):
+    from fresnel.pbr.coreml import inspect_package
+
+    spec = inspect_package(demo / "results/pbr_student.mlpackage")
+    assert spec["specification_version"] == 8  # iOS 17
+    assert [v["color"] for v in spec["inputs"].values()] == ["RGB"] * 3
+    assert {(v["width"], v["height"]) for v in spec["inputs"].values()} == {(32, 32)}
+    assert spec["weight_dtypes"].get("fp32", 0) == 0
+    assert (demo / "results/pbr_student.onnx").is_file()
+    models = json.loads((demo / "results/pbr_eval/summary.json").read_text())["models"]
+    baseline = models["mean-map baseline"]
+    for name in ("teacher", "student"):
+        for metric in ("albedo_psnr", "roughness_psnr", "metallic_psnr", "rerender_psnr"):
+            assert models[name][metric] > baseline[metric], (name, metric)
+    assert "| teacher |" in (demo / "results/pbr_eval/table.md").read_text()
+
+
+def test_the_doc_pages_show_these_tables(demo):
+    assert_docs_show_the_tables_of(demo, "decoder.md")
+    assert_docs_show_the_tables_of(demo, "pbr.md")
+
+
+def test_student_param_edit_reruns_only_the_student_side(demo):
+    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 39}})
+    assert dvc_stale(demo) == {"pbr_student"}
+    assert snakemake_plan(demo) == {"pbr_student", "pbr_coreml", "pbr_onnx", "pbr_evaluate"}
+    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 40}})
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_snakemake_run_leaves_dvc_clean(demo):
+    assert dvc_stale(demo) == set()
+    assert nothing_to_do(demo)
+
+
+def test_param_edit_reruns_only_dependents_then_run_cache_restores(demo):
+    set_param(demo, "shards.shard_size", 3)
+    assert dvc_stale(demo) == {"shards"}
+    assert snakemake_plan(demo) == DOWNSTREAM_OF_SHARDS
+
+    repro = run("dvc repro", demo).stdout
+    assert re.findall(r"Running stage '([^']+)'", repro) == [
+        "shards", "decoder_train-2", "decoder_export-2", "decoder_evaluate-2"
+    ]  # fmt: skip
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 6
+
+    set_param(demo, "shards.shard_size", 4)
+    repro = run("dvc repro", demo).stdout
+    assert "Running stage" not in repro
+    for stage in ("shards", "decoder_train-2", "decoder_export-2", "decoder_evaluate-2"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in repro
+    assert len(json.loads((demo / "data/shards/manifest.json").read_text())["shards"]) == 4
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_training_param_edit_reruns_train_export_evaluate_only(demo):
+    set_param(demo, "decoder.train.lr", 0.001)
+    repro = run("dvc repro", demo).stdout
+    assert re.findall(r"Running stage '([^']+)'", repro) == [
+        "decoder_train-2", "decoder_export-2", "decoder_evaluate-2"
+    ]  # fmt: skip
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_adding_an_image_computes_features_for_it_only(demo):
+    set_param(demo, "download.count", 17)
+    run("snakemake --profile cpu", demo)
+    stats = json.loads((demo / "provenance/features.json").read_text())["stats"]
+    assert (stats["images"], stats["computed"], stats["model_runs"]) == (17, 1, 1)
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_a_local_folder_is_a_stage_input_and_a_new_image_is_the_only_one_computed(workspace):
+    from skimage import data
+
+    photos = workspace / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(photos / f"{name}.png")
+    set_param(workspace, "download.source", "local:photos")
+    run("snakemake --profile cpu data/features", workspace)
+    assert "download" not in snakemake_plan(workspace)
+
+    Image.fromarray(data.rocket()).save(photos / "rocket.png")
+    assert {"download", "matte", "features"} <= snakemake_plan(workspace)
+    run("snakemake --profile cpu data/features", workspace)
+    stats = json.loads((workspace / "provenance/features.json").read_text())["stats"]
+    assert (stats["images"], stats["computed"]) == (4, 1)
+
+
+def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
+    remote = tmp_path / "remote"
+    run(f"dvc remote add -d store {remote} && dvc push -q", demo)
+    run("git add -A && git commit -qm 'results'", demo)
+    clone = tmp_path / "clone"
+    run(f"git clone -q {demo} {clone}", tmp_path)
+    run("dvc pull -q", clone)
+    assert (clone / "data/shards/manifest.json").is_file()
+    assert dvc_stale(clone) == set()
+    assert nothing_to_do(clone)
+    count = yaml.safe_load((clone / "params.yaml").read_text())["download"]["count"]
+    set_param(clone, "download.count", count + 1)  # a rule without inputs, restored by the pull
+    assert dvc_stale(clone) == {"download"}
+    assert {"download", "matte", "features"} <= snakemake_plan(clone)
+
+
+def test_jobs_finished_before_a_failure_are_committed_so_both_tools_agree(workspace):
+    """decoder_train fails at start (LPIPS asked for without its backbone file): the jobs
+    that finished before it are in dvc.lock, so DVC and Snakemake name the same stale stages."""
+    set_param(workspace, "decoder.train.lpips_weight", 0.1)
+    out = run("snakemake --profile cpu results/decoder_exp2", workspace, check=False)
+    assert out.returncode != 0 and "decoder.train.lpips_backbone" in out.stdout + out.stderr
+    stale = dvc_stale(workspace)
+    assert not stale & {"download", "matte", "features", "shards"}
+    assert {name.split("-")[0] for name in stale} == snakemake_plan(workspace)
+
+
+def test_jobs_of_a_run_killed_before_its_hook_are_committed_by_the_next_run(workspace):
+    """snakemake killed after its jobs finished but before its onsuccess hook (simulated by
+    skipping the hooks): the next run has nothing to do, and commits them all the same."""
+    from fresnel.pipeline.glue import SKIP_ENV
+
+    run("snakemake --profile cpu data/matted", workspace, env={SKIP_ENV: "1"})
+    assert {"download", "matte"} <= dvc_stale(workspace)
+    out = run("snakemake --profile cpu data/matted", workspace)
+    assert "Nothing to be done" in out.stdout + out.stderr
+    assert not {"download", "matte"} & dvc_stale(workspace)
+
+
+def test_bad_params_fail_before_any_job(workspace):
+    set_param(workspace, "decoder.train.lr", "fast")
+    set_param(workspace, "matte.colour", "black")
+    out = run("snakemake --profile cpu", workspace, check=False)
+    assert out.returncode != 0
+    assert "decoder.train.lr: 'fast' is not of type 'number'" in out.stderr
+    assert "matte.colour: unknown key" in out.stderr
+    assert not (workspace / "data").exists()
+
+
+def test_nested_config_overrides_and_yaml_errors_under_snakemake(workspace):
+    run("snakemake --profile cpu -n --config 'decoder={train: {epochs: 5}}'", workspace)
+    bad = run("snakemake --profile cpu -n --config 'pbr={teacher: {overrides: {lr: 1}}}'",
+              workspace, check=False)  # fmt: skip
+    assert bad.returncode != 0 and "pbr.teacher: unknown option 'lr'" in bad.stdout + bad.stderr
+    params = workspace / "params.yaml"
+    params.write_text(params.read_text().replace("count: 16", "count: [16", 1))
+    out = run("snakemake --profile cpu -n", workspace, check=False)
+    assert out.returncode != 0 and "params.yaml: not valid YAML" in out.stdout + out.stderr
+    assert "line 5, column 10" in out.stdout + out.stderr
+
+
+def test_profiles_resolve_and_rocm_jobs_see_hsa_override(workspace):
+    for profile in ("cpu", "cuda", "rocm", "mps"):
+        run(f"snakemake --profile {profile} -n results/decoder_exp2.onnx", workspace)
+    run("snakemake --profile rocm data/raw", workspace)
+    record = json.loads((workspace / "provenance/download.json").read_text())
+    assert record["env"] == {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}
+    assert record["device"] == "cpu"  # a CPU rule runs on the CPU whatever the target
+
+
+def test_committed_dvc_yaml_matches_the_dag(monkeypatch):
+    monkeypatch.chdir(REPO)
+    from fresnel.pipeline import dvcgen, glue
+
+    assert dvcgen.write("dvc.yaml", check=True), "dvc.yaml is stale: run `fresnel dvc-yaml`"
+    assert glue.SKIP_ENV not in os.environ  # left set, later snakemake runs skip the DVC sync
+
+
+def processes_running(name, session):
+    """Pids in a session whose command line mentions `name` (Linux /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            pid = int(entry.name)
+            if os.getsid(pid) == session and name in Path(f"/proc/{pid}/cmdline").read_text():
+                found.append(pid)
+        except (OSError, ProcessLookupError):
+            continue  # the process ended while we looked
+    return found
+
+
+def test_a_killed_training_job_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
+    """SIGKILL the decoder_train job (as the OOM killer would) after its first epoch: Snakemake
+    fails the job and deletes its output; the same command again resumes at epoch 2 and ends
+    with the uninterrupted run's bytes. Runs last: it rebuilds the decoder chain and leaves
+    both tools clean."""
+    final = demo / "results/decoder_exp2/decoder_exp2_last.pt"
+    uninterrupted = final.read_bytes()  # the fixture's run: 2 epochs, never interrupted
+    command = "snakemake --profile cpu results/decoder_exp2 --forcerun decoder_train"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    job = subprocess.Popen(command, shell=True, cwd=demo, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(demo.glob(".fresnel-runs/decoder_train-2-*/decoder_exp2_last.pt")):
+        assert job.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.05)
+    for pid in processes_running("decoder_train.py", session=job.pid):
+        os.kill(pid, signal.SIGKILL)
+    assert job.wait(timeout=120) != 0
+    assert not final.parent.exists()  # killed inside epoch 2: the output was never made
+
+    rerun = run(command, demo)  # the same command, no extra flag
+    log = (demo / "logs/decoder_train_exp2.log").read_text()
+    assert "resuming the unfinished run" in log and "after epoch 1" in log, log
+    assert final.read_bytes() == uninterrupted
+    assert not list(demo.glob(".fresnel-runs/decoder_train-2-*"))
+    record = json.loads((demo / "provenance/decoder_train-2.json").read_text())
+    assert record["stats"]["checkpoint"] == "results/decoder_exp2/decoder_exp2_last.pt"
+    assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}, rerun.stderr[-3000:]
+    run("snakemake --profile cpu", demo)
+    assert dvc_stale(demo) == set() and nothing_to_do(demo)
+
+
+def test_decoder_train_on_two_torchrun_ranks_in_the_rule(demo):
+    """params.yaml `launch` tasks: 2 on one machine: the rule starts 2 gloo ranks through
+    torchrun; they end with identical weights, close to the 1-process run (see
+    tests/test_slurm.py for the tolerance), and the tools stay in agreement (`launch` is
+    not a stage parameter). Runs after the killed-job test, whose bytes it changes."""
+    import torch
+
+    final = demo / "results/decoder_exp2/decoder_exp2_last.pt"
+    single = torch.load(final, weights_only=True)["model"]
+    run("snakemake --profile cpu results/decoder_exp2 --forcerun decoder_train "
+        "--config 'launch={decoder_train: {tasks: 2, nodes: 1}}'", demo)  # fmt: skip
+    log = (demo / "logs/decoder_train_exp2.log").read_text()
+    assert "starting 2 ranks on 1 node(s): " in log and "torch.distributed.run" in log
+    assert len(re.findall(r"rank \d: weights identical on all 2 ranks", log)) == 2, log
+    ranks = torch.load(final, weights_only=True)["model"]
+    difference = sum(float((single[k] - ranks[k]).double().norm() ** 2) for k in single) ** 0.5
+    assert difference / sum(float(v.double().norm() ** 2) for v in single.values()) ** 0.5 < 1e-2
+    assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}

@@ -1,0 +1,1 @@
+"""Code the tests share: throw-away workspaces, servers and clusters, small fixtures."""
