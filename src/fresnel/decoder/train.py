@@ -16,6 +16,7 @@ pictures renders.png and renders/epoch_NNNN.png.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -53,7 +54,7 @@ from fresnel.training import (
     read_checkpoint,
 )
 from fresnel.training.checkpoint import CheckpointError
-from fresnel.training.distributed import rank_device
+from fresnel.training.distributed import ShareSum, rank_device
 
 log = logging.getLogger(__name__)
 
@@ -241,18 +242,29 @@ class Trainer:
         if plan.region is not None:
             origins = sample_regions(n, plan.resolution, plan.region, generator)
             regions = [(x, y, plan.region) for x, y in origins]
-        mine = self.world.share(n)
-        share = (mine.stop - mine.start) / n
-        if share == 0:  # fewer items than ranks: compute on one, counted zero times
-            mine = slice(0, 1)
-        batch = {k: v[mine] for k, v in batch.items()}
-        regions = regions[mine] if regions else None
-        total, parts = self.loss_of(batch, plan, regions)
         params = list(self.model.parameters())
-        self.amp.step(total, self.optimizer, params, clip=self.config.grad_clip,
-                      reduce=lambda: self.world.reduce_gradients(params, share))  # fmt: skip
+        ranks = self.world.ranks_here()  # this rank, or every rank of an EmulatedWorld
+        emulated = ShareSum(params)
+        for rank in ranks:
+            mine = rank.share(n)
+            share = (mine.stop - mine.start) / n
+            if share == 0:  # fewer items than ranks: compute on one, counted zero times
+                mine = slice(0, 1)
+            part = {k: v[mine] for k, v in batch.items()}
+            total, parts = self.loss_of(part, plan, regions[mine] if regions else None)
+            values = {"loss": float(total.detach()), **parts}
+            if len(ranks) == 1:
+                reduce = functools.partial(self.world.reduce_gradients, params, share)
+                self.amp.backward(total, self.optimizer, reduce=reduce)
+                logged = self.world.weighted_sum(values, share)
+            else:
+                self.amp.backward(total, self.optimizer)
+                emulated.add(share, values)
+        if len(ranks) > 1:
+            logged = emulated.assign()
+        self.amp.apply(self.optimizer, params, clip=self.config.grad_clip)
         self.progress.global_step += 1
-        return self.world.weighted_sum({"loss": float(total.detach()), **parts}, share)
+        return logged
 
     def loss_of(self, batch: dict, plan: EpochPlan, regions) -> tuple[torch.Tensor, dict]:
         packed = self.predict(batch, plan.k_active)

@@ -11,6 +11,11 @@ summed over ranks, each weighted by its share of the global batch (`reduce_gradi
 every rank takes the step one process takes on the whole batch, up to float summation
 order. Backends: NCCL on CUDA, gloo elsewhere. Rank 0 validates, logs and writes the
 checkpoints; every rank resumes from the same file.
+
+`EmulatedWorld(n)` is the exact reference of a run on n ranks, in one process: it computes
+every rank's share in rank order and sums their weighted gradients as the all-reduce does.
+For 2 ranks that is the ranks' arithmetic to the bit (the sum of two floats does not depend
+on their order), given the same number of threads in each process.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from fresnel.device import deterministic_on_cpu
 
 # (rank, world size, local rank) variables of each launcher, torchrun's first
 LAUNCHERS = (
@@ -43,6 +50,10 @@ class World:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def ranks_here(self) -> list[World]:
+        """The ranks whose share this process computes: its own."""
+        return [self]
 
     def share(self, n: int) -> slice:
         """This rank's contiguous part of n global items (sizes differ by at most one)."""
@@ -107,6 +118,52 @@ class World:
         return mine
 
 
+@dataclass(frozen=True)
+class EmulatedWorld(World):
+    """`size` ranks computed in this process one after the other (see module doc)."""
+
+    def ranks_here(self) -> list[World]:
+        return [World(rank, self.size) for rank in range(self.size)]
+
+    def reduce_gradients(self, params, weight: float) -> None:
+        raise RuntimeError("an emulated world sums its ranks' gradients with ShareSum")
+
+    def weighted_sum(self, values: dict[str, float], weight: float) -> dict[str, float]:
+        raise RuntimeError("an emulated world sums its ranks' values with ShareSum")
+
+    def barrier(self) -> None:
+        pass
+
+    def check_same_weights(self, model: torch.nn.Module) -> str:
+        return World.check_same_weights(World(), model)
+
+
+class ShareSum:
+    """What the all-reduce computes, for the ranks one process computes in rank order (an
+    EmulatedWorld): after each rank's backward `add(weight)` keeps weight x its gradients
+    and values; `assign()` then sets the parameters' gradients to the sum."""
+
+    def __init__(self, params):
+        self.params = [p for p in params if p.requires_grad]
+        self.grads: torch.Tensor | None = None
+        self.values: dict[str, torch.Tensor] = {}
+
+    def add(self, weight: float, values: dict[str, float]) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads]) * weight
+        self.grads = flat if self.grads is None else self.grads + flat
+        for key in sorted(values):
+            part = torch.tensor(values[key] * weight, dtype=torch.float64)
+            self.values[key] = part if key not in self.values else self.values[key] + part
+
+    def assign(self) -> dict[str, float]:
+        offset = 0
+        for p in self.params:
+            p.grad = self.grads[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        return {key: float(value) for key, value in self.values.items()}
+
+
 def from_environment(env=os.environ) -> World:
     """The World a launcher described in `env` (a world of one when none did)."""
     for rank, size, local in LAUNCHERS:
@@ -118,6 +175,7 @@ def from_environment(env=os.environ) -> World:
 def init(device: torch.device, env=os.environ) -> World:
     """Join the process group the launcher set up (see module doc); returns this rank's World."""
     world = from_environment(env)
+    deterministic_on_cpu()  # every rank computes as the emulated world does (module doc)
     if world.size == 1 or dist.is_initialized():
         return world
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
