@@ -221,7 +221,7 @@ def _add_boolean(parser, flag: str, style: str, dash: bool, common: dict) -> Non
         parser.add_argument(flag, action="store_const", const=True, **common)
         opposite = "--no" + ("-" if dash else "_") + flag.removeprefix("--")
         parser.add_argument(opposite, action="store_const", const=False, dest=common["dest"],
-                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+                            default=argparse.SUPPRESS, help=f"turn {flag} off")  # fmt: skip
 
 
 def given_options(args: argparse.Namespace, options: type) -> dict[str, Any]:

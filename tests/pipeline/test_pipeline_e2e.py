@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 
 from support.workspace import (
     BIN,
@@ -27,6 +26,7 @@ from support.workspace import (
 pytestmark = pytest.mark.slow
 PBR_TARGETS = "results/pbr_student.mlpackage results/pbr_student.onnx results/pbr_eval"
 DEMO_TARGETS = f"results/decoder_exp2.onnx results/decoder_exp2_eval {PBR_TARGETS}"
+STUDENT = {"training": {"val_ratio": 0.25, "epochs": 20}}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,13 @@ def demo(tmp_path_factory):
     """The demo DAG run once by snakemake: the NeuroPBR chain from its .mlpackage target,
     then everything `make demo` builds."""
     ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
-    set_param(ws, "decoder.train.epochs", 2)  # the demo's schedule, shortened: these tests rerun it
+    # the demo's schedules, shortened (these tests rerun them); at 20 epochs teacher and
+    # student still beat the mean-map baseline by 0.9-22 dB (2026-12-07)
+    set_param(ws, "decoder.train.epochs", 2)
+    set_param(
+        ws, "pbr.teacher.overrides", {"data": {"val_ratio": 0.25}, "training": {"epochs": 20}}
+    )
+    set_param(ws, "pbr.student.overrides", STUDENT)
     run("git commit -qam 'short schedule'", ws)
     run("snakemake --profile cpu results/pbr_student.mlpackage", ws)
     run(f"snakemake --profile cpu {DEMO_TARGETS}", ws)  # what `make demo` runs
@@ -89,10 +95,10 @@ def test_the_doc_pages_show_these_tables(demo):
 
 
 def test_student_param_edit_reruns_only_the_student_side(demo):
-    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 39}})
+    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 19}})
     assert dvc_stale(demo) == {"pbr_student"}
     assert snakemake_plan(demo) == {"pbr_student", "pbr_coreml", "pbr_onnx", "pbr_evaluate"}
-    set_param(demo, "pbr.student.overrides", {"training": {"val_ratio": 0.25, "epochs": 40}})
+    set_param(demo, "pbr.student.overrides", STUDENT)
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
@@ -139,24 +145,6 @@ def test_adding_an_image_computes_features_for_it_only(demo):
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
-def test_a_local_folder_is_a_stage_input_and_a_new_image_is_the_only_one_computed(workspace):
-    from skimage import data
-
-    photos = workspace / "photos"
-    photos.mkdir()
-    for name in ("astronaut", "coffee", "chelsea"):
-        Image.fromarray(getattr(data, name)()).save(photos / f"{name}.png")
-    set_param(workspace, "download.source", "local:photos")
-    run("snakemake --profile cpu data/features", workspace)
-    assert "download" not in snakemake_plan(workspace)
-
-    Image.fromarray(data.rocket()).save(photos / "rocket.png")
-    assert {"download", "matte", "features"} <= snakemake_plan(workspace)
-    run("snakemake --profile cpu data/features", workspace)
-    stats = json.loads((workspace / "provenance/features.json").read_text())["stats"]
-    assert (stats["images"], stats["computed"]) == (4, 1)
-
-
 def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
     remote = tmp_path / "remote"
     run(f"dvc remote add -d store {remote} && dvc push -q", demo)
@@ -171,60 +159,6 @@ def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
     set_param(clone, "download.count", count + 1)  # a rule without inputs, restored by the pull
     assert dvc_stale(clone) == {"download"}
     assert {"download", "matte", "features"} <= snakemake_plan(clone)
-
-
-def test_jobs_finished_before_a_failure_are_committed_so_both_tools_agree(workspace):
-    """decoder_train fails at start (LPIPS asked for without its backbone file): the jobs
-    that finished before it are in dvc.lock, so DVC and Snakemake name the same stale stages."""
-    set_param(workspace, "decoder.train.lpips_weight", 0.1)
-    out = run("snakemake --profile cpu results/decoder_exp2", workspace, check=False)
-    assert out.returncode != 0 and "decoder.train.lpips_backbone" in out.stdout + out.stderr
-    stale = dvc_stale(workspace)
-    assert not stale & {"download", "matte", "features", "shards"}
-    assert {name.split("-")[0] for name in stale} == snakemake_plan(workspace)
-
-
-def test_jobs_of_a_run_killed_before_its_hook_are_committed_by_the_next_run(workspace):
-    """snakemake killed after its jobs finished but before its onsuccess hook (simulated by
-    skipping the hooks): the next run has nothing to do, and commits them all the same."""
-    from fresnel.pipeline.glue import SKIP_ENV
-
-    run("snakemake --profile cpu data/matted", workspace, env={SKIP_ENV: "1"})
-    assert {"download", "matte"} <= dvc_stale(workspace)
-    out = run("snakemake --profile cpu data/matted", workspace)
-    assert "Nothing to be done" in out.stdout + out.stderr
-    assert not {"download", "matte"} & dvc_stale(workspace)
-
-
-def test_bad_params_fail_before_any_job(workspace):
-    set_param(workspace, "decoder.train.lr", "fast")
-    set_param(workspace, "matte.colour", "black")
-    out = run("snakemake --profile cpu", workspace, check=False)
-    assert out.returncode != 0
-    assert "decoder.train.lr: 'fast' is not of type 'number'" in out.stderr
-    assert "matte.colour: unknown key" in out.stderr
-    assert not (workspace / "data").exists()
-
-
-def test_nested_config_overrides_and_yaml_errors_under_snakemake(workspace):
-    run("snakemake --profile cpu -n --config 'decoder={train: {epochs: 5}}'", workspace)
-    bad = run("snakemake --profile cpu -n --config 'pbr={teacher: {overrides: {lr: 1}}}'",
-              workspace, check=False)  # fmt: skip
-    assert bad.returncode != 0 and "pbr.teacher: unknown option 'lr'" in bad.stdout + bad.stderr
-    params = workspace / "params.yaml"
-    params.write_text(params.read_text().replace("count: 16", "count: [16", 1))
-    out = run("snakemake --profile cpu -n", workspace, check=False)
-    assert out.returncode != 0 and "params.yaml: not valid YAML" in out.stdout + out.stderr
-    assert "line 5, column 10" in out.stdout + out.stderr
-
-
-def test_profiles_resolve_and_rocm_jobs_see_hsa_override(workspace):
-    for profile in ("cpu", "cuda", "rocm", "mps"):
-        run(f"snakemake --profile {profile} -n results/decoder_exp2.onnx", workspace)
-    run("snakemake --profile rocm data/raw", workspace)
-    record = json.loads((workspace / "provenance/download.json").read_text())
-    assert record["env"] == {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}
-    assert record["device"] == "cpu"  # a CPU rule runs on the CPU whatever the target
 
 
 def test_committed_dvc_yaml_matches_the_dag(monkeypatch):

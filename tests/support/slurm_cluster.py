@@ -30,13 +30,13 @@ class ClusterError(RuntimeError):
 
 
 # The site settings (profiles/slurm/config.yaml, lines marked SITE) sized to this cluster's
-# nodes (2 CPUs, 4000 MB each), and a first status check after 1 s instead of 40 (the tests
-# and benchmarks/slurm_overhead.py submit with them).
+# nodes (2 CPUs, 4000 MB each), and status checks after 1 s instead of 40 and every 1 s
+# instead of 10 (the tests and benchmarks/slurm_overhead.py submit with them).
 SITE = (
     "--default-resources runtime=30 mem_mb=1000 cpus_per_task=1 "
     "--set-resources features:mem_mb=1000 features:cpus_per_task=1 "
     "decoder_train:mem_mb=1000 decoder_train:cpus_per_task=1 "
-    "--slurm-init-seconds-before-status-checks 1"
+    "--slurm-init-seconds-before-status-checks 1 --seconds-between-status-checks 1"
 )
 
 

@@ -17,7 +17,7 @@ FAMILY = Family(
         ["results/skeleton/eval"] if config["targets"].get("skeleton") else []
     ),
     smoke=Smoke(
-        train="skeleton_train --output_dir {run} --epochs 400 --save_every 1000 --data {data}",
+        train="skeleton_train --output_dir {run} --epochs 80 --save_every 1000 --data {data}",
         prepare=("skeleton_make_data --output {data}",),
         checkpoints="toy_last.pt",
         resume="--resume {latest}",
