@@ -12,6 +12,7 @@ Scripted behaviours (all optional, combinable):
 * ``close_first=N``: the first N chat requests get their connection closed, no answer;
 * ``models``: ids listed by GET /v1/models;
 * ``drip``: seconds between the answer's body bytes (headers go out at once).
+* ``drip_headers``: seconds between the bytes of the status line and headers.
 
 Records (thread-safe): ``requests`` (chat requests), ``model_requests``, ``per_image``
 (Counter keyed by the sha256 of the decoded image bytes), ``headers`` (one dict per chat
@@ -88,6 +89,7 @@ class ChatServer:
         close_first: int = 0,
         models: tuple[str, ...] = ("test-vlm",),
         drip: float = 0.0,
+        drip_headers: float = 0.0,
     ):
         self.answer = answer or (lambda request: "[[1, 1], [1, 1]]")
         self.delay = delay
@@ -97,6 +99,7 @@ class ChatServer:
         self.close_first = close_first
         self.models = models
         self.drip = drip
+        self.drip_headers = drip_headers
         self.lock = threading.Lock()
         self.requests = 0
         self.model_requests = 0
@@ -184,19 +187,28 @@ def _make_handler(server: ChatServer):
             if isinstance(body, dict):
                 body = json.dumps(body)
             data = body.encode() if isinstance(body, str) else body
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in reply.headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            if not server.drip:
+            headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+            headers.update(reply.headers)
+            if server.drip_headers:
+                lines = [f"HTTP/1.1 {reply.status} {self.responses[reply.status][0]}"]
+                lines += [f"{key}: {value}" for key, value in headers.items()]
+                self._drip(("\r\n".join(lines) + "\r\n\r\n").encode(), server.drip_headers)
+            else:
+                self.send_response(reply.status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+            if server.drip:
+                self._drip(data, server.drip)
+            else:
                 self.wfile.write(data)
-                return
-            for i in range(len(data)):  # one byte at a time, each well within a read timeout
+
+        def _drip(self, data: bytes, seconds: float) -> None:
+            """One byte at a time, each well within a read timeout."""
+            for i in range(len(data)):
                 self.wfile.write(data[i : i + 1])
                 self.wfile.flush()
-                time.sleep(server.drip)
+                time.sleep(seconds)
 
         def do_GET(self):
             if self.path.rstrip("/") != "/v1/models":

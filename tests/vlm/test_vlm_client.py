@@ -132,6 +132,19 @@ def test_read_timeout_bounds_the_whole_answer_not_each_socket_read():
         assert time.monotonic() - start < 3.0  # the whole body would take ~40 s
 
 
+def test_read_timeout_bounds_a_server_that_drips_its_status_line_and_headers():
+    """Each header byte arrives within the per-read timeout; the whole answer never does."""
+    with ChatServer(drip_headers=0.2) as server:
+        client = _client(server.url, read_timeout=1.0, retries=0)
+        start = time.monotonic()
+        with pytest.raises(VLMTimeout) as caught:
+            client.chat("q", _png())
+        assert time.monotonic() - start < 3.0  # the headers alone would take ~17 s
+    message = str(caught.value)
+    assert "no complete answer within the read timeout of 1.0 s" in message
+    assert "\n" not in message
+
+
 def test_slow_server_within_the_timeout_succeeds_without_retry():
     sleeps: list[float] = []
     with ChatServer(lambda request: "slow but fine", delay=0.3) as server:

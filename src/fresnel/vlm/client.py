@@ -2,8 +2,8 @@
 
 * One image + one text prompt per request; the image travels as a base64 data URL.
 * Timeouts: a connect timeout, and a read timeout that is the total time an answer may take
-  once connected (headers and body together), not the gap between two socket reads: a
-  server that drips one byte a second still fails after ``read_timeout`` seconds.
+  once connected (status line, headers and body together), not the gap between two socket
+  reads: a server that drips one byte a second still fails after ``read_timeout`` seconds.
 * Retries: up to ``retries`` more attempts for timeouts, connection errors, HTTP 429 and 5xx,
   waiting ``backoff * 2**attempt`` (capped at ``backoff_max``) plus up to ``jitter`` of that
   at random; a ``Retry-After`` header (seconds or HTTP date) makes the wait at least that long
@@ -19,12 +19,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import logging
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -290,31 +293,37 @@ class VLMClient:
         Raises at once for failures that a retry cannot fix.
         """
         timeout = (self.config.connect_timeout, self.config.read_timeout)
+        deadline = _Deadline(self.config.read_timeout)
         try:
-            with self._slots:
+            with self._slots, deadline, _session_cut_at_deadline() as session:
                 with self._lock:
                     self.requests_sent += 1
-                started = time.monotonic()
-                response = requests.request(
+                response = session.request(
                     method, url, json=payload, headers=self._headers(), timeout=timeout,
                     stream=True,
                 )  # fmt: skip
-                data = _read_body(response, started + self.config.read_timeout)
+                data = _read_body(response)
         except requests.exceptions.ConnectTimeout:
             return None, VLMConnectionError(self._cannot_connect(url, "connect timeout")), None
-        except (requests.exceptions.Timeout, _DeadlinePassed, TimeoutError):
-            detail = f"no complete answer within the read timeout of {self.config.read_timeout} s"
-            return None, VLMTimeout(self._message(url, detail)), None
-        except requests.exceptions.ConnectionError as exc:
-            detail = _short(exc)
-            if detail in _DROPPED:  # the server is up but dropped this request
-                message = self._message(url, f"the server closed the connection ({detail})")
-                return None, VLMConnectionError(message), None
-            return None, VLMConnectionError(self._cannot_connect(url, detail)), None
-        except requests.exceptions.ChunkedEncodingError as exc:
-            detail = f"the answer was cut off ({_short(exc)})"
-            return None, VLMConnectionError(self._message(url, detail)), None
+        except _RETRYABLE as exc:
+            return None, self._failure(url, exc, deadline.passed), None
+        if deadline.passed:
+            return None, self._failure(url, TimeoutError(), True), None
         return self._decode(response, data, url)
+
+    def _failure(self, url: str, exc: BaseException, deadline_passed: bool) -> VLMError:
+        """The retryable error for a request that ended in `exc`."""
+        if deadline_passed or isinstance(exc, (requests.exceptions.Timeout, TimeoutError)):
+            detail = f"no complete answer within the read timeout of {self.config.read_timeout} s"
+            return VLMTimeout(self._message(url, detail))
+        detail = _short(exc)
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            return VLMConnectionError(self._message(url, f"the answer was cut off ({detail})"))
+        if detail in _DROPPED:  # the server is up but dropped this request
+            return VLMConnectionError(
+                self._message(url, f"the server closed the connection ({detail})")
+            )
+        return VLMConnectionError(self._cannot_connect(url, detail))
 
     def _decode(self, response: requests.Response, data: bytes, url: str):
         status = response.status_code
@@ -388,20 +397,100 @@ class VLMClient:
 _DROPPED = ("remote end closed", "connection reset")
 
 
-class _DeadlinePassed(Exception):
-    """The answer's body did not arrive whole before the request's deadline."""
+class _Deadline:
+    """Shuts down the sockets a request opens `seconds` after each connects.
+
+    requests' read timeout restarts with every byte, so without this a server that drips its
+    status line, headers or body would hold a request open for ever. Entered by the thread
+    that sends the request; `passed` tells whether it cut anything.
+    """
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.passed = False
+        self._timers: list[threading.Timer] = []
+
+    def __enter__(self) -> _Deadline:
+        _Deadline._current.value = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _Deadline._current.value = None
+        for timer in self._timers:
+            timer.cancel()
+
+    @classmethod
+    def watch(cls, sock: socket.socket) -> None:
+        deadline = getattr(cls._current, "value", None)
+        if deadline is not None:
+            timer = threading.Timer(deadline.seconds, deadline._cut, (sock,))
+            timer.daemon = True
+            timer.start()
+            deadline._timers.append(timer)
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.passed = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes:
-    """The whole body, read as it arrives; _DeadlinePassed once `deadline` (monotonic) passes."""
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _Deadline.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _Deadline.watch(self.sock)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _CutAtDeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections a `_Deadline` watches."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+def _session_cut_at_deadline() -> requests.Session:
+    """A session of its own per request: fresh connections, so each is watched."""
+    session = requests.Session()
+    session.mount("http://", _CutAtDeadlineAdapter())
+    session.mount("https://", _CutAtDeadlineAdapter())
+    return session
+
+
+_RETRYABLE = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    TimeoutError,
+)
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """The whole body, read as it arrives."""
     chunks = []
     try:
         while chunk := response.raw.read1(BODY_CHUNK, decode_content=True):
             chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise _DeadlinePassed
-    except urllib3.exceptions.ReadTimeoutError:
-        raise _DeadlinePassed from None
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ReadTimeout(exc) from None
     except urllib3.exceptions.ProtocolError as exc:
         raise requests.exceptions.ChunkedEncodingError(exc) from None
     finally:
