@@ -11,7 +11,8 @@ from pathlib import Path
 PACKAGE = "fresnel"
 
 
-def _imported_modules(path: Path) -> set[str]:
+@cache  # the rules share most modules: each file is parsed once per Snakefile load
+def _imported_modules(path: Path) -> frozenset[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -19,9 +20,10 @@ def _imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
+    return frozenset(n for n in names if n == PACKAGE or n.startswith(PACKAGE + "."))
 
 
+@cache
 def _module_file(src_root: Path, module: str) -> Path | None:
     base = src_root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
