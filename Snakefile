@@ -5,18 +5,24 @@
 #   snakemake --profile cpu results/gaze/ablation
 # params.yaml holds every tunable; profiles/ only choose the target and executor. The model
 # families (their rule files, and what `rule all` builds) come from fresnel.registry.
-from fresnel.params import parse_command_line_values, read_yaml, validate
-from fresnel.pipeline.glue import sync_from_dvc, commit_to_dvc, report_failures
+from fresnel.params import ordered_like, parse_command_line_values, read_yaml, validate
+from fresnel.pipeline.glue import (
+    commit_to_dvc,
+    report_failures,
+    sync_from_dvc,
+    write_overrides_to_params,
+)
+from fresnel.pipeline.locks import stop_jobs_on_signals
 from fresnel.registry import families, params_checks, rule_files
 
 
-read_yaml("params.yaml")  # a syntax error names its line (Snakemake's own message does not)
+on_file = read_yaml("params.yaml")  # a syntax error names its line (Snakemake's does not)
 
 
 configfile: "params.yaml"
 
 
-config.update(parse_command_line_values(config))
+config.update(ordered_like(parse_command_line_values(config), on_file))
 validate(config, source="params.yaml (with --config overrides)", checks=params_checks())
 
 
@@ -35,6 +41,11 @@ rule all:
     input:
         [target for family in families() for target in family.all_targets(config)],
     default_target: True
+
+
+onstart:
+    stop_jobs_on_signals(workflow)
+    write_overrides_to_params(workflow, config)
 
 
 onsuccess:

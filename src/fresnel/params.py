@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -83,6 +84,15 @@ def parse_command_line_values(params: dict, schema: dict | None = None) -> dict:
     return walk(params, schema)
 
 
+def ordered_like(tree, reference):
+    """`tree` with its keys in `reference`'s order, others after them. Snakemake compares a
+    rule's params in order, so values from --configfile must not reorder a section."""
+    if not isinstance(tree, dict) or not isinstance(reference, dict):
+        return tree
+    keys = [key for key in reference if key in tree] + [key for key in tree if key not in reference]
+    return {key: ordered_like(tree[key], reference.get(key)) for key in keys}
+
+
 def _readings(text: str) -> list:
     """What a command-line string may mean: its YAML value, and a float for '3e-4' (which
     YAML 1.1 reads as a string)."""
@@ -120,6 +130,30 @@ def read_yaml(path: str | Path = "params.yaml") -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+
+
+def set_values(path: str | Path, values: dict[str, Any]) -> None:
+    """Write `values` ({"decoder.train.epochs": 5, ...}) into the YAML file at `path`,
+    keeping its comments, order and layout (ruamel's round trip, nulls spelled `null`)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    path = Path(path)
+    document = rt.load(path.read_text())
+    for dotted, value in values.items():
+        *parents, key = dotted.split(".")
+        node = document
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[key] = value
+    with path.open("w") as stream:
+        rt.dump(document, stream)
 
 
 def load(path: str | Path = "params.yaml") -> dict:

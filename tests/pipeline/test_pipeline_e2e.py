@@ -6,21 +6,21 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from support.workspace import (
-    BIN,
     REPO,
     assert_docs_show_the_tables_of,
     dvc_stale,
     make_workspace,
     nothing_to_do,
+    processes_running,
     run,
     set_param,
     snakemake_plan,
+    start,
 )
 
 pytestmark = pytest.mark.slow
@@ -169,49 +169,43 @@ def test_committed_dvc_yaml_matches_the_dag(monkeypatch):
     assert glue.SKIP_ENV not in os.environ  # left set, later snakemake runs skip the DVC sync
 
 
-def processes_running(name, session):
-    """Pids in a session whose command line mentions `name` (Linux /proc)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            pid = int(entry.name)
-            if os.getsid(pid) == session and name in Path(f"/proc/{pid}/cmdline").read_text():
-                found.append(pid)
-        except (OSError, ProcessLookupError):
-            continue  # the process ended while we looked
-    return found
-
-
-def test_a_killed_training_job_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
-    """SIGKILL the decoder_train job (as the OOM killer would) after its first epoch: Snakemake
-    fails the job and deletes its output; the same command again resumes at epoch 2 and ends
-    with the uninterrupted run's bytes. Runs last: it rebuilds the decoder chain and leaves
-    both tools clean."""
+def test_a_killed_run_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
+    """SIGKILL everything the snakemake command started (snakemake and its decoder_train job,
+    as a lost terminal would) after the first epoch: no hook runs and the lock stays. The
+    same command again removes the dead run's lock, resumes at epoch 2 and ends with the
+    uninterrupted run's bytes; while it runs, a second invocation is refused. Runs last: it
+    rebuilds the decoder chain and leaves both tools clean."""
     final = demo / "results/decoder_exp2/decoder_exp2_last.pt"
     uninterrupted = final.read_bytes()  # the fixture's run: 2 epochs, never interrupted
     command = "snakemake --profile cpu results/decoder_exp2 --forcerun decoder_train"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    job = subprocess.Popen(command, shell=True, cwd=demo, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = start(command, demo)
     deadline = time.monotonic() + 300
     while not list(demo.glob(".fresnel-runs/decoder_train-2-*/decoder_exp2_last.pt")):
-        assert job.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        assert first.poll() is None and time.monotonic() < deadline, "no epoch finished"
         time.sleep(0.05)
-    for pid in processes_running("decoder_train.py", session=job.pid):
+    for pid in processes_running("", session=first.pid):
         os.kill(pid, signal.SIGKILL)
-    assert job.wait(timeout=120) != 0
+    first.wait(timeout=60)
+    assert list(demo.glob(".snakemake/locks/*.lock")), "the killed run left no lock"
     assert not final.parent.exists()  # killed inside epoch 2: the output was never made
 
-    rerun = run(command, demo)  # the same command, no extra flag
+    rerun = start(command, demo, stdout=subprocess.PIPE)  # the same command, no extra flag
+    while not processes_running("decoder_train.py", session=rerun.pid):
+        assert rerun.poll() is None, rerun.communicate()[0]
+        time.sleep(0.05)
+    second = run(command, demo, check=False)
+    assert second.returncode != 0, "a second run started beside a live one"
+    assert "another snakemake run holds this directory's lock" in second.stderr
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output[-3000:]
+    assert "removed the lock left by a killed snakemake run" in output
     log = (demo / "logs/decoder_train_exp2.log").read_text()
     assert "resuming the unfinished run" in log and "after epoch 1" in log, log
     assert final.read_bytes() == uninterrupted
     assert not list(demo.glob(".fresnel-runs/decoder_train-2-*"))
     record = json.loads((demo / "provenance/decoder_train-2.json").read_text())
     assert record["stats"]["checkpoint"] == "results/decoder_exp2/decoder_exp2_last.pt"
-    assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}, rerun.stderr[-3000:]
+    assert dvc_stale(demo) == {"decoder_export-2", "decoder_evaluate-2"}, output[-3000:]
     run("snakemake --profile cpu", demo)
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from fresnel.params import set_values
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-WORKSPACE_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "workflow", "profiles", "src")
+WORKSPACE_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "configs", "workflow", "profiles", "src")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,6 +28,28 @@ def run(cmd: str, cwd: Path, check: bool = True, env: dict | None = None):
             f"`{cmd}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def start(command: str, ws: Path, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """`command` in `ws` in a session of its own (stderr into stdout)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.Popen(command, shell=True, cwd=ws, env=env, start_new_session=True,
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def processes_running(name, session):
+    """Pids in a session whose command line mentions `name` (Linux /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            pid = int(entry.name)
+            if os.getsid(pid) == session and name in Path(f"/proc/{pid}/cmdline").read_text():
+                found.append(pid)
+        except (OSError, ProcessLookupError):
+            continue  # the process ended while we looked
+    return found
 
 
 def planned_rules(ws: Path, target: str, prefix: str) -> set[str]:
@@ -78,13 +100,7 @@ def dvc_stale(ws) -> set[str]:
 
 
 def set_param(ws, path: str, value) -> None:
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    *parents, key = path.split(".")
-    node = params
-    for p in parents:
-        node = node[p]
-    node[key] = value
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_values(ws / "params.yaml", {path: value})
 
 
 def assert_docs_show_the_tables_of(ws: Path, page: str) -> None:

@@ -3,9 +3,14 @@
 - `section`: a rule's params are params.yaml sections (or the few keys of one that the rule
   reads); the section remembers its key paths so that the generated dvc.yaml tracks
   exactly the params the rule uses.
-- `sync_from_dvc` (Snakefile load): stages that DVC considers up to date (after `dvc repro`,
-  a run-cache restore or `dvc pull`) are marked up to date in Snakemake's metadata too,
-  with `snakemake --touch`, so `snakemake -n` has nothing to do.
+- `sync_from_dvc` (Snakefile load): first the lock of a killed run is removed
+  (`fresnel.pipeline.locks`; while a live run holds it, nothing is synced). Then stages that
+  DVC considers up to date (after `dvc repro`, a run-cache restore or `dvc pull`) are marked
+  up to date in Snakemake's metadata too, with `snakemake --touch`, so `snakemake -n` has
+  nothing to do.
+- `write_overrides_to_params` (Snakefile onstart): values that `--configfile` or `--config`
+  give DVC-tracked params are written into params.yaml, as `dvc exp run -S` does, so that
+  dvc.lock records what the jobs used and the same command again runs nothing.
 - `commit_to_dvc` (Snakefile onsuccess and onerror): stages whose jobs this Snakemake run
   finished are committed to dvc.lock, so `dvc status` is clean after a `snakemake` run,
   and after a failed one names only what Snakemake would rerun.
@@ -28,7 +33,9 @@ from pathlib import Path
 import yaml
 
 from fresnel.io import write_json
+from fresnel.params import read_yaml, set_values
 from fresnel.pipeline.codedeps import code_files
+from fresnel.pipeline.locks import release_dead_lock
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +67,16 @@ def code_inputs(script: str) -> list[str]:
     return list(code_files(script))
 
 
+def main_process(workflow) -> bool:
+    """The snakemake process a user (or a DVC stage) started: not a job process spawned by
+    it, not one of the nested calls below."""
+    return not (workflow.remote_exec or workflow.subprocess_exec or os.environ.get(NESTED_ENV))
+
+
 def _active(workflow) -> bool:
     """Only the user's own snakemake process talks to DVC, and only in a DVC repository."""
-    if os.environ.get("DVC_STAGE") or os.environ.get(NESTED_ENV) or os.environ.get(SKIP_ENV):
+    if os.environ.get("DVC_STAGE") or os.environ.get(SKIP_ENV) or not main_process(workflow):
         return False
-    if workflow.remote_exec or workflow.subprocess_exec:
-        return False  # a job process spawned by the main snakemake
     return Path(".dvc").is_dir() and Path("dvc.yaml").is_file()
 
 
@@ -117,6 +128,8 @@ def _nested_snakemake(*args: str) -> subprocess.CompletedProcess:
 
 def sync_from_dvc(workflow) -> None:
     """Mark what DVC knows to be up to date as up to date for Snakemake (see module doc)."""
+    if main_process(workflow) and release_dead_lock():
+        return  # a live run holds the lock: Snakemake refuses this command unless a dry run
     if not _active(workflow):
         return
     stages = _lock_stages()
@@ -137,6 +150,36 @@ def sync_from_dvc(workflow) -> None:
     committed = _commit_what_snakemake_finished(stale)
     write_json(SYNC_STATE, {"fp": _fingerprint(_lock_stages()), "marked_up_to_date": existing,
                             "committed": committed})  # fmt: skip
+
+
+def write_overrides_to_params(workflow, config: dict) -> None:
+    """Put the values this run gives DVC-tracked params into params.yaml (see module doc)."""
+    if not _active(workflow) or workflow.dryrun:
+        return
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    tracked = sorted({path for stage in stages.values() for path in stage.get("params", [])})
+    on_disk = read_yaml("params.yaml")
+    changes = {}
+    for path in tracked:
+        changes.update(_differences(path, _at(config, path), _at(on_disk, path)))
+    if changes:
+        set_values("params.yaml", changes)
+        shown = ", ".join(f"{key}: {value!r}" for key, value in changes.items())
+        log.warning("params.yaml now holds this run's values (%s), as dvc.lock will", shown)
+
+
+def _at(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _differences(path: str, new, old) -> dict:
+    """{dotted key: new value} for every leaf where `new` differs from `old`."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {key: value for name in new
+                for key, value in _differences(f"{path}.{name}", new[name], old.get(name)).items()}  # fmt: skip
+    return {} if new == old else {path: new}
 
 
 def _commit_what_snakemake_finished(stale: set[str]) -> list[str]:
