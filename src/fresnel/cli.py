@@ -47,7 +47,8 @@ def _release(args) -> None:
     from fresnel.pipeline import release
 
     targets = [t.strip() for t in (args.targets or "").split(",") if t.strip()]
-    for line in release.release(args.tag, target=args.target, targets=targets, remote=args.remote):
+    for line in release.release(args.tag, target=args.target, targets=targets, remote=args.remote,
+                                outputs=args.outputs):  # fmt: skip
         print(line)
 
 
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("release", help="lock the environment, tag, push artifacts (a paper)")
     p.add_argument("tag", help="the git tag to make, e.g. paper-v1")
+    p.add_argument("outputs", nargs="*", metavar="OUTPUT",
+                   help="release only the chains that make these outputs, e.g. "
+                        "results/decoder_exp2.onnx (default: every stage built)")  # fmt: skip
     p.add_argument("--target", choices=device.TARGETS, default=None,
                    help="target of this environment (default: $FRESNEL_TARGET, else cpu)")  # fmt: skip
     p.add_argument("--targets", default="",

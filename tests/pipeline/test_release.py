@@ -117,6 +117,30 @@ def test_release_then_a_clone_at_the_tag_pulls_and_reruns_nothing(kind, project,
 
 
 @slow
+def test_a_release_of_chosen_outputs_is_their_chain_even_while_other_stages_are_stale(
+    project, tmp_path
+):
+    """download and matte built, then matte's params edited: `fresnel release v1 data/raw`
+    checks and pushes download's chain only; a clone at the tag pulls it with nothing to do
+    in either tool, and what was left out is not on the remote."""
+    add_remote(project, "local", tmp_path / "store", request=None)
+    set_param(project, "matte.padding", 0.3)
+    run("git commit -qam 'matte edited, not rebuilt'", project)
+    assert "stale stages: matte" in refusal(release(project, "v0"))
+    assert "no stage of dvc.yaml makes data/nothing" in refusal(release(project, "v0 data/nothing"))
+
+    out = release(project, "v1 data/raw")
+    assert out.returncode == 0, out.stderr
+    assert "not in this release: " in out.stdout and "matte" in out.stdout.split("not in")[1]
+    clone = tmp_path / "clone"
+    run(f"git clone -q {project} {clone} && cd {clone} && git checkout -q v1", tmp_path)
+    run("dvc pull download", clone)
+    assert files(clone / "data/raw") == files(project / "data/raw")
+    assert "download" not in dvc_stale(clone) and nothing_to_do(clone, "data/raw")
+    assert run("dvc pull matte", clone, check=False).returncode != 0  # never pushed
+
+
+@slow
 def test_release_refuses_a_dirty_tree_in_one_line_and_makes_no_tag(project):
     (project / "notes.txt").write_text("draft\n")
     line = refusal(release(project, "v1"))

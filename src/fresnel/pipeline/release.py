@@ -130,9 +130,12 @@ def check_clean(root: Path) -> None:
 def remote_name(requested: str | None, root: Path) -> tuple[str, bool]:
     """The remote to push to (the one asked for, else DVC's default) and whether it is the
     default: a clone's plain `dvc pull` reads only the default."""
-    lines = _run([*DVC, "remote", "list"], root, "dvc remote list").splitlines()
-    names = [line.split()[0] for line in lines if line.strip()]
-    default = [line.split()[0] for line in lines if line.rstrip().endswith("(default)")]
+    # `dvc config --list`, not `dvc remote list`: the latter wraps long URLs over lines
+    listing = _run([*DVC, "config", "--list"], root, "dvc config --list").splitlines()
+    settings = dict(line.split("=", 1) for line in listing if "=" in line)
+    names = [key[len("remote."):-len(".url")] for key in settings
+             if key.startswith("remote.") and key.endswith(".url")]  # fmt: skip
+    default = [settings["core.remote"]] if "core.remote" in settings else []
     if requested and requested not in names:
         raise ReleaseError(f"no DVC remote named {requested!r} (configured: "
                            f"{', '.join(names) or 'none'}): `dvc remote add`")  # fmt: skip
@@ -152,18 +155,53 @@ def built_stages(root: Path) -> tuple[set[str], set[str]]:
     return built, stages - built
 
 
-def check_built(root: Path) -> set[str]:
-    """Refuse when a built stage is stale: its artifact would not be what the code and params
-    at the tag produce. Returns the stages never built (not part of the release)."""
+def chain(targets: Iterable[str], root: Path) -> list[str]:
+    """The DVC stages that make `targets` (output paths) and every stage upstream of them."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+    producer = {_path(out): name for name, stage in stages.items() for out in stage.get("outs", [])}
+    todo = []
+    for target in targets:
+        if target.rstrip("/") not in producer:
+            raise ReleaseError(f"no stage of dvc.yaml makes {target}: name stage outputs, "
+                               f"e.g. {', '.join(sorted(producer)[:3])}")  # fmt: skip
+        todo.append(producer[target.rstrip("/")])
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += [
+                producer[_path(d)] for d in stages[name].get("deps", []) if _path(d) in producer
+            ]
+    return sorted(seen)
+
+
+def _path(entry) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))
+
+
+def check_built(root: Path, stages: list[str] | None = None) -> set[str]:
+    """Refuse when a released stage is stale or was never built: its artifact would not be
+    what the code and params at the tag produce. `stages`: those released (default: every
+    stage built). Returns the stages of dvc.yaml not in the release."""
     built, never = built_stages(root)
-    if not built:
-        raise ReleaseError("nothing is built (no stage in dvc.lock): run snakemake first")
-    status = json.loads(_run([*DVC, "status", "--json"], root, "dvc status") or "{}")
-    stale = sorted(name for name in status if name in built or name.endswith(".dvc"))
+    subset = list(stages or [])
+    if stages is None:
+        if not built:
+            raise ReleaseError("nothing is built (no stage in dvc.lock): run snakemake first")
+        stages = sorted(built)
+    missing = [name for name in stages if name not in built]
+    if missing:
+        raise ReleaseError(f"never built: {', '.join(missing)}: run snakemake for the targets, "
+                           "commit dvc.lock, then release")  # fmt: skip
+    status = _run([*DVC, "status", "--json", *subset], root, "dvc status")
+    stale = sorted(
+        name for name in json.loads(status or "{}") if name in stages or name.endswith(".dvc")
+    )
     if stale:
         raise ReleaseError(f"stale stages: {', '.join(stale)}: run snakemake first "
                            "(e.g. `snakemake --profile cpu`), commit dvc.lock, then release")  # fmt: skip
-    return never
+    return (built | never) - set(stages)
 
 
 def write_locks(root: Path, target: str, others: list[str]) -> list[Path]:
@@ -199,8 +237,9 @@ def check_targets(target: str, others: list[str]) -> None:
 
 
 def release(tag: str, *, target: str | None = None, targets: Iterable[str] = (),
-            remote: str | None = None) -> list[str]:  # fmt: skip
-    """Check, lock, commit, push, tag; returns what was done, one line each."""
+            remote: str | None = None, outputs: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """Check, lock, commit, push, tag; returns what was done, one line each. `outputs`:
+    release only the chains that make these paths (default: everything built)."""
     root = git_root()
     target = target or device.requested_target()
     others = [t for t in dict.fromkeys(targets) if t != target]
@@ -208,10 +247,13 @@ def release(tag: str, *, target: str | None = None, targets: Iterable[str] = (),
     check_tag(tag, root)
     check_clean(root)
     store, is_default = remote_name(remote, root)
-    never = check_built(root)
+    stages = chain(outputs, root) if outputs else None
+    never = check_built(root, stages)
     paths = write_locks(root, target, others)
     committed = commit_locks(tag, paths, root)
-    pushed = _last_line(_run([*DVC, "push", "-r", store], root, f"dvc push -r {store}"))
+    pushed = _last_line(
+        _run([*DVC, "push", "-r", store, *(stages or [])], root, f"dvc push -r {store}")
+    )
     _run(["git", "tag", "-a", tag, "-m", f"fresnel release {tag}"], root, "git tag")
     done = [
         f"locks: {', '.join(map(str, paths))} ({'committed' if committed else 'unchanged'})",
@@ -219,7 +261,7 @@ def release(tag: str, *, target: str | None = None, targets: Iterable[str] = (),
         f"tag {tag}: made (push it with `git push origin {tag}`)",
     ]
     if never:
-        done.append(f"not built, not in this release: {', '.join(sorted(never))}")
+        done.append(f"not in this release: {', '.join(sorted(never))}")
     if not is_default:
         done.append(f"note: {store} is not the default remote: a clone pulls with "
                     f"`dvc pull -r {store}` (or commit `dvc remote default {store}`)")  # fmt: skip
