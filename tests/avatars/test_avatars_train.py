@@ -3,7 +3,9 @@ resume, the additions wired in, and render / metrics commands. A tiny synthetic 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -85,8 +87,12 @@ def test_resume_from_a_checkpoint_ends_exactly_like_the_uninterrupted_run(
 ):
     model, _, _ = trained
     options = AvatarOptions(**TINY, **ALL)
-    train(subject, tmp_path, options, resolve("cpu"), start_checkpoint=model / "chkpnt20.pth",
-          progress=False)  # fmt: skip
+    shutil.copy(model / "history.json", tmp_path / "history.json")  # as in the run's folder
+    summary = train(subject, tmp_path, options, resolve("cpu"),
+                    start_checkpoint=model / "chkpnt20.pth", progress=False)  # fmt: skip
+    kept = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in kept] == [20, 40]
+    assert summary["seconds"] == kept[1]["seconds"] > kept[0]["seconds"] > 0  # both parts
     a, b = read_checkpoint(model / "chkpnt40.pth"), read_checkpoint(tmp_path / "chkpnt40.pth")
     for key in ("gaussians", "head_params", "calibration"):
         for name, tensor in a[key].items():

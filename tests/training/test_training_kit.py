@@ -114,6 +114,33 @@ def test_run_log_keeps_earlier_epochs_on_resume_and_draws_curves(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_with_a_clock_dir_the_run_directory_is_the_same_bytes_on_every_run(tmp_path):
+    """Wall-clock values and TensorBoard's events (named by time, host and PID) go to
+    clock_dir, where timings.json keeps every epoch's seconds across a resume."""
+
+    def run(name: str, seconds: float, resume_at: int = 0) -> None:
+        log = RunLog(tmp_path / name, dvclive=True, clock_dir=tmp_path / f"{name}-clock")
+        for epoch in (1, 2):
+            log.epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "epoch_seconds": seconds})
+        log.close()
+        if resume_at:
+            log = RunLog(tmp_path / name, resume_epoch=resume_at, dvclive=True,
+                         clock_dir=tmp_path / f"{name}-clock")  # fmt: skip
+            log.epoch({"epoch": 2, "train_loss": 0.5, "epoch_seconds": 2 * seconds})
+            log.close()
+
+    run("a", 0.1)
+    run("b", 0.7, resume_at=1)
+    a, b = (
+        {str(p.relative_to(tmp_path / n)): p.read_bytes() for p in (tmp_path / n).rglob("*") if p.is_file()}
+        for n in ("a", "b")
+    )  # fmt: skip
+    assert a == b and "history.json" in a and not any("tfevents" in name for name in a)
+    timings = json.loads((tmp_path / "b-clock/timings.json").read_text())["epochs"]
+    assert timings == [{"epoch": 1, "epoch_seconds": 0.7}, {"epoch": 2, "epoch_seconds": 1.4}]
+    assert list((tmp_path / "a-clock/tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_wandb_asked_for_but_missing_is_an_error_not_silence(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "wandb", None)
     with pytest.raises(RuntimeError, match="pip install wandb"):

@@ -406,7 +406,8 @@ def train(source, model_dir, options: AvatarOptions, target: Target,
     )
     runlog = RunLog(model_dir, resume_epoch=training.iteration, panels=PANELS, tensorboard_dir=model_dir,
                     meta={"options": options.as_dict()})  # fmt: skip
-    started = time.perf_counter()
+    # seconds count the whole run: a resume adds to those of the records it keeps
+    started = time.perf_counter() - (runlog.records[-1]["seconds"] if runlog.records else 0.0)
     bar = tqdm(total=options.iterations, initial=training.iteration, desc="Training progress",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     try:
@@ -422,7 +423,8 @@ def train(source, model_dir, options: AvatarOptions, target: Target,
             if it % 10 == 0:
                 bar.set_postfix(loss=f"{values['total_loss']:.4f}", points=len(training.gaussians))
             if it % options.interval == 0 or it == options.iterations:
-                runlog.epoch(evaluation_record(training, lpips_model, lpips_note, options.eval))
+                record = evaluation_record(training, lpips_model, lpips_note, options.eval)
+                runlog.epoch({**record, "seconds": round(time.perf_counter() - started, 2)})
                 training.save_point_cloud(model_dir)
                 training.save_checkpoint(model_dir)
     finally:

@@ -11,7 +11,9 @@ decoder_expN_last.pt (a finished run's final weights), a better held-out PSNR
 decoder_expN_best.pt, and every save_interval-th and the last epoch decoder_expN_epochE.pt;
 checkpoints hold no wall-clock values (two identical runs write identical bytes). The run
 directory also gets history.json, curves.png, tensorboard/, dvclive/ and the held-out
-pictures renders.png and renders/epoch_NNNN.png.
+pictures renders.png and renders/epoch_NNNN.png; with `clock_dir` (the DAG's rule) the
+TensorBoard events and epoch seconds go there instead, and the run directory's bytes are
+the same on every run.
 """
 
 from __future__ import annotations
@@ -308,7 +310,7 @@ class Trainer:
 
 
 def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None,
-          world: World | None = None) -> dict:  # fmt: skip
+          world: World | None = None, clock_dir=None) -> dict:  # fmt: skip
     """Train for config.epochs (continuing `resume`, a checkpoint, when given); returns the
     final checkpoint's path and the last epoch's record. Under torchrun/srun every rank
     calls this with its `world`; rank 0 validates, logs and writes. See module doc."""
@@ -319,7 +321,7 @@ def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None,
     runlog = None
     if world.main:
         runlog = RunLog(trainer.output_dir, resume_epoch=trainer.progress.epoch, panels=PANELS,
-                        dvclive=True)  # fmt: skip
+                        dvclive=True, clock_dir=clock_dir)  # fmt: skip
     try:
         for epoch in range(trainer.progress.epoch, config.epochs):
             try:
@@ -342,12 +344,13 @@ def train(config: TrainConfig, shard_dir, output_dir, target="cpu", resume=None,
 
 
 def train_rank(config: dict, shard_dir: str, output_dir: str, target: str,
-               resume: str | None = None) -> dict | None:  # fmt: skip
+               resume: str | None = None, clock_dir: str | None = None) -> dict | None:  # fmt: skip
     """One rank of a run that `fresnel.training.launch.run_ranks` started (the training
     rules with tasks > 1): joins the process group; rank 0 returns `train`'s stats."""
     world = distributed.init(devices.resolve(target).torch_device())
     try:
-        stats = train(TrainConfig.from_dict(config), shard_dir, output_dir, target, resume, world)
+        stats = train(TrainConfig.from_dict(config), shard_dir, output_dir, target, resume, world,
+                      clock_dir)  # fmt: skip
     finally:
         world.close()
     return stats if world.main else None

@@ -3,8 +3,11 @@ and `history.json`, `curves.png` of the chosen panels, and Weights & Biases when
 asks for it (offline mode unless the config says otherwise; a missing wandb package is an
 error, never silently ignored).
 
-`history.json` is `{"epochs": [record, ...], **meta}`; records carry wall-clock timings
-(checkpoints do not). A resumed run keeps the records of the epochs it did not redo.
+`history.json` is `{"epochs": [record, ...], **meta}`. A resumed run keeps the records of
+the epochs it did not redo. Wall-clock values (the records' `WALL_CLOCK_KEYS`, and TensorBoard's
+event files, named by time, host and PID) go to `clock_dir` when one is given: `timings.json`
+there holds them per epoch, across resumes, and the run directory then holds the same bytes on
+every run (the DAG's tracked outputs). Without it they stay in the run directory.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fresnel.io import atomic_path, write_json
+from fresnel.training.checkpoint import WALL_CLOCK_KEYS
 
 log = logging.getLogger(__name__)
 
 HISTORY = "history.json"
+TIMINGS = "timings.json"
 CURVES = "curves.png"
 
 
@@ -52,22 +57,33 @@ class LogFile:
 class RunLog:
     def __init__(self, directory, *, resume_epoch: int = 0, panels=DEFAULT_PANELS,
                  tensorboard_dir=None, dvclive: bool = False, wandb: dict | None = None,
-                 meta: dict | None = None):  # fmt: skip
+                 meta: dict | None = None, clock_dir=None):  # fmt: skip
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.clock_dir = Path(clock_dir) if clock_dir else None
         self.panels, self.meta = tuple(panels), dict(meta or {})
         self.records = _previous_records(self.dir / HISTORY, resume_epoch)
-        self.tensorboard = SummaryWriter(str(tensorboard_dir or self.dir / "tensorboard"))
-        self.live = self._dvclive(resume_epoch) if dvclive else None
+        self.timings = []
+        if self.clock_dir is not None:
+            self.clock_dir.mkdir(parents=True, exist_ok=True)
+            self.timings = _previous_records(self.clock_dir / TIMINGS, resume_epoch)
+        tensorboard_dir = tensorboard_dir or (self.clock_dir or self.dir) / "tensorboard"
+        self.tensorboard = SummaryWriter(str(tensorboard_dir))
+        self.live = self._dvclive() if dvclive else None
         self.wandb = _start_wandb(wandb, self.dir) if wandb else None
 
-    def _dvclive(self, resume_epoch: int):
+    def _dvclive(self):
+        """A fresh dvclive folder replaying the kept records: on a resume it then holds
+        exactly the steps an uninterrupted run has (dvclive's own resume appends after the
+        last step written, which may be an epoch being redone)."""
         from dvclive import Live
 
-        return Live(str(self.dir / "dvclive"), resume=resume_epoch > 0, save_dvc_exp=False,
-                    dvcyaml=None, report=None)  # fmt: skip
+        live = Live(str(self.dir / "dvclive"), save_dvc_exp=False, dvcyaml=None, report=None)
+        for record in self.records:
+            _log_live(live, record)
+        return live
 
     def scalars(self, step: int, values: dict, prefix: str = "") -> None:
         """Step-level scalars (TensorBoard and W&B only)."""
@@ -77,16 +93,22 @@ class RunLog:
             self.wandb.log({f"{prefix}{k}": v for k, v in _numbers(values)}, step=step)
 
     def epoch(self, record: dict) -> None:
-        """Log one epoch's record (it has an `epoch` key) everywhere and rewrite history.json."""
+        """Log one epoch's record (it has an `epoch` key) everywhere and rewrite history.json
+        (and timings.json)."""
         epoch = record["epoch"]
-        self.records.append(record)
         numbers = [(k, v) for k, v in _numbers(record) if k != "epoch"]
         for name, value in numbers:
             self.tensorboard.add_scalar(name, value, epoch)
+        if self.clock_dir is not None:
+            self.timings.append(
+                {k: v for k, v in record.items() if k == "epoch" or k in WALL_CLOCK_KEYS}
+            )
+            write_json(self.clock_dir / TIMINGS, {"epochs": self.timings})
+            record = {k: v for k, v in record.items() if k not in WALL_CLOCK_KEYS}
+            numbers = [(k, v) for k, v in numbers if k not in WALL_CLOCK_KEYS]
+        self.records.append(record)
         if self.live is not None:
-            for name, value in numbers:
-                self.live.log_metric(name, value)
-            self.live.next_step()
+            _log_live(self.live, record)
         if self.wandb is not None:
             self.wandb.log({**dict(numbers), "epoch": epoch})
         self.tensorboard.flush()
@@ -101,6 +123,14 @@ class RunLog:
             self.wandb.finish()
         if self.records:
             plot_curves(self.records, self.dir / CURVES, self.panels)
+
+
+def _log_live(live, record: dict) -> None:
+    """In sorted order, as history.json holds a record (a replay then writes the same bytes)."""
+    for name, value in sorted(_numbers(record)):
+        if name != "epoch":
+            live.log_metric(name, value)
+    live.next_step()
 
 
 def _numbers(values: dict):
