@@ -38,11 +38,13 @@ system-packages:
 	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# One pytest worker per core (end-to-end modules first, each module on one worker; torch
-# threads split between the workers: tests/conftest.py).
+# One pytest worker per core, plus one: the end-to-end modules wait on subprocesses, Slurm
+# and DVC, and with one worker per core 14% of the CPU time went idle (2-core VM). Modules
+# with end-to-end runs start first, each module on one worker; torch threads are split
+# between the workers (tests/conftest.py).
 test: lint system-packages
 	$(VENV)/bin/fresnel dvc-yaml --check
-	$(VENV)/bin/pytest -q -n auto --dist loadfile
+	$(VENV)/bin/pytest -q -n $$(( $$(nproc) + 1 )) --dist loadfile
 
 fast-test: venv
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -144,20 +144,36 @@ def test_adding_an_image_computes_features_for_it_only(demo):
     assert dvc_stale(demo) == set() and nothing_to_do(demo)
 
 
-def test_dvc_pull_into_a_fresh_clone_reruns_nothing(demo, tmp_path):
-    remote = tmp_path / "remote"
-    run(f"dvc remote add -d store {remote} && dvc push -q", demo)
-    run("git add -A && git commit -qm 'results'", demo)
+def test_a_release_of_the_decoder_targets_pulls_into_a_fresh_clone_with_nothing_to_do(
+    demo, tmp_path
+):
+    """With the NeuroPBR chain stale (an edited param), `fresnel release` of the decoder's
+    targets checks and pushes their chain alone; a clone at the tag pulls it and has nothing
+    to do for those targets in either tool."""
+    run(f"dvc remote add -d store {tmp_path / 'remote'}", demo)
+    set_param(demo, "pbr.evaluate.heldout_lights", 3)
+    run("git add -A && git commit -qm 'results; pbr edited, not rebuilt'", demo)
+    targets = "results/decoder_exp2.onnx results/decoder_exp2_eval"
+    out = run(f"fresnel release decoder-v1 {targets}", demo, env={"FRESNEL_TARGET": "cpu"})
+    assert "pbr_evaluate" in out.stdout.split("not in this release: ")[1]
+
     clone = tmp_path / "clone"
-    run(f"git clone -q {demo} {clone}", tmp_path)
-    run("dvc pull -q", clone)
-    assert (clone / "data/shards/manifest.json").is_file()
-    assert dvc_stale(clone) == set()
-    assert nothing_to_do(clone)
+    run(f"git clone -q {demo} {clone} && cd {clone} && git checkout -q decoder-v1", tmp_path)
+    run("dvc pull --allow-missing", clone)
+    assert (clone / "results/decoder_exp2.onnx").is_file() and not (
+        clone / "results/pbr_eval"
+    ).exists()
+    chain = {"download", "matte", "features", "vlm", "shards", "decoder_train-2",
+             "decoder_export-2", "decoder_evaluate-2"}  # fmt: skip
+    assert not chain & dvc_stale(clone)
+    plan = run(f"snakemake -n {targets}", clone)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
     count = yaml.safe_load((clone / "params.yaml").read_text())["download"]["count"]
     set_param(clone, "download.count", count + 1)  # a rule without inputs, restored by the pull
-    assert dvc_stale(clone) == {"download"}
+    assert "download" in dvc_stale(clone)
     assert {"download", "matte", "features"} <= snakemake_plan(clone)
+    set_param(demo, "pbr.evaluate.heldout_lights", 4)
+    run("git commit -qam 'pbr as before'", demo)
 
 
 def test_a_killed_run_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
