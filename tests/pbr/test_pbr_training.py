@@ -28,6 +28,7 @@ from fresnel.pbr.train import (
     make_scheduler,
     train,
 )
+from support.workspace import tree_bytes
 
 OVERFIT_EPOCHS = 80
 
@@ -173,17 +174,20 @@ def test_split_in_a_training_run_has_no_material_in_train_and_val(tmp_path):
     assert split == {"train": summary["train_samples"], "val": summary["val_samples"]}
 
 
-def test_two_identical_runs_write_byte_identical_checkpoints(tmp_path):
-    """No wall-clock value reaches a checkpoint (timings live in history.json only)."""
+def test_two_identical_runs_write_byte_identical_run_directories(tmp_path):
+    """With a clock dir (the DAG's), the run directory is the same bytes on every run: epoch
+    seconds and TensorBoard's events (named by time and PID) go to the clock dir, and no
+    wall-clock value reaches a checkpoint."""
     inputs, outputs = dataset(tmp_path / "data", size=16)
     cfg = tiny(**{"data.image_size": 16, "data.val_ratio": 0.5, "training.epochs": 2,
                   "training.gan_start_epoch": 1, "training.save_every_n_epochs": 2})  # fmt: skip
     for run in ("a", "b"):
-        train(cfg, inputs, outputs, tmp_path / run)
-    for name in ("latest.pth", "best_model.pth", "checkpoint_epoch_0002.pth"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    history = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
-    assert all("seconds" in record for record in history)
+        train(cfg, inputs, outputs, tmp_path / run, clock_dir=tmp_path / f"{run}-clock")
+    assert {"latest.pth", "best_model.pth", "history.json"} <= tree_bytes(tmp_path / "a").keys()
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    timings = json.loads((tmp_path / "a-clock" / "timings.json").read_text())["epochs"]
+    assert [t["epoch"] for t in timings] == [1, 2] and all(t["seconds"] > 0 for t in timings)
+    assert list((tmp_path / "a-clock" / "logs").glob("events.out.tfevents.*"))
     state = torch.load(tmp_path / "a" / "latest.pth", weights_only=True)
     assert all("seconds" not in record for record in state["history"])
 

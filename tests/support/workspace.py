@@ -58,6 +58,13 @@ def planned_rules(ws: Path, target: str, prefix: str) -> set[str]:
     return set(re.findall(rf"rule ({prefix}\w+):", out.stdout + out.stderr))
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under `root`, by its path relative to `root`."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
 def make_workspace(path: Path) -> Path:
     """A fresh git + DVC repository holding the pipeline definition (no outputs)."""
     path.mkdir(parents=True, exist_ok=True)

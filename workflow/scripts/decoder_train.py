@@ -3,10 +3,8 @@ Trains in a work folder that survives a killed job; a rerun resumes (fresnel.pip
 Wall-clock (TensorBoard events, epoch seconds) goes beside the log, out of the tracked output.
 With tasks > 1 (params.yaml `launch`) it trains on that many ranks (fresnel.training.launch)."""
 
-from pathlib import Path
-
 from fresnel.decoder.train import TrainConfig, checkpoint_names, train
-from fresnel.pipeline.adapter import stage
+from fresnel.pipeline.adapter import clock_dir, stage
 from fresnel.pipeline.resume import resumable
 from fresnel.training.launch import run_ranks
 
@@ -14,13 +12,12 @@ with stage(snakemake) as rec:
     cfg = {**snakemake.params.cfg, "experiment": int(snakemake.wildcards.exp)}
     config = TrainConfig.from_dict(cfg)
     tasks, nodes = snakemake.resources.get("tasks", 1), snakemake.resources.get("nodes", 1)
-    clock_dir = str(Path(snakemake.log[0]).with_suffix(""))
     with resumable(snakemake, checkpoint_names(config.experiment).last, rec) as (work, resume):
         if tasks > 1:
             job = dict(config=cfg, shard_dir=snakemake.input.shards, output_dir=str(work),
                        target=rec.device, resume=str(resume) if resume else None,
-                       clock_dir=clock_dir)  # fmt: skip
+                       clock_dir=clock_dir(snakemake))  # fmt: skip
             rec.stats = run_ranks("fresnel.decoder.train:train_rank", job, tasks, nodes, work)
         else:
             rec.stats = train(config, snakemake.input.shards, work, rec.device, resume=resume,
-                              clock_dir=clock_dir)  # fmt: skip
+                              clock_dir=clock_dir(snakemake))  # fmt: skip

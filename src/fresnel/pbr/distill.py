@@ -12,7 +12,8 @@ entries when no material is held out). Checkpoints (fresnel.training's layout, c
 `model_state_dict`, `optimizer_state_dict`, `scheduler_state_dict`, `scaler_state_dict`; the
 split and the metrics before training in `extra`) are `latest_student.pth`,
 `best_student.pth` (lowest validation loss) and `student_epoch_NNNN.pth`; the run log
-(`history.json`, `curves.png`, TensorBoard scalars in `logs/`) sits beside them.
+(`history.json`, `curves.png`, TensorBoard scalars in `logs/`) sits beside them; with
+`clock_dir` the wall-clock (epoch seconds, TensorBoard's events) goes there instead.
 Deterministic on CPU: init, split and batch order derive from `training.seed`, so a resumed
 run repeats an uninterrupted one, and two identical runs write byte-identical checkpoints.
 """
@@ -303,6 +304,7 @@ def train_student(
     device: str = "cpu",
     metadata_path=None,
     num_workers: int = 0,
+    clock_dir=None,
 ) -> dict:
     """Distil the teacher in `shards_dir` into `PBRStudent(cfg.model)`; returns a summary.
 
@@ -317,7 +319,7 @@ def train_student(
         log.info("before training: %s", _rounded(trainer.initial))
     runlog = RunLog(
         trainer.checkpoint_dir, resume_epoch=trainer.epoch, panels=PANELS,
-        tensorboard_dir=trainer.checkpoint_dir / "logs",
+        tensorboard_dir=Path(clock_dir or trainer.checkpoint_dir) / "logs", clock_dir=clock_dir,
         meta={"initial": trainer.initial, "val_on": trainer.val_on},
     )  # fmt: skip
     started = time.perf_counter()

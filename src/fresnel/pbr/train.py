@@ -9,6 +9,8 @@ and run log, with the guide's names and component keys):
     best_model.pth (lowest validation loss; training loss when there is no val split),
     latest.pth (every epoch, what --resume continues from), history.json, curves.png,
     logs/ (TensorBoard scalars and image grids; log_dir overrides).
+With `clock_dir`, the wall-clock (epoch seconds, TensorBoard's events) goes there instead, and
+the checkpoint dir is the same bytes on every run (the DAG's tracked output).
 Checkpoints hold plain dicts and tensors only (they load with torch.load(weights_only=True))
 and nothing wall-clock: two identical runs write byte-identical files.
 
@@ -354,6 +356,7 @@ def train(
     device: str | None = None,
     metadata_path: str | os.PathLike | None = None,
     log_dir: str | os.PathLike | None = None,
+    clock_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Train the teacher; return a summary dict (see module docstring for what is written).
 
@@ -384,7 +387,8 @@ def train(
     wandb = {"project": t.wandb_project, "config": cfg.to_dict()} if t.use_wandb else None
     runlog = RunLog(
         ckpt_dir, resume_epoch=trainer.epoch, panels=PANELS,
-        tensorboard_dir=log_dir or ckpt_dir / "logs", wandb=wandb,
+        tensorboard_dir=log_dir or Path(clock_dir or ckpt_dir) / "logs", wandb=wandb,
+        clock_dir=clock_dir,
     )  # fmt: skip
     say(
         f"[Data] {len(train_set)} train entries ({len(train_set.materials)} materials), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from pathlib import Path
 
 from fresnel.device import deterministic_on_cpu, requested_target, resolve
 from fresnel.provenance import Recorder
@@ -22,6 +23,12 @@ def _setup_logging(logfile: str | None) -> None:
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
         handlers=handlers, force=True,
     )  # fmt: skip
+
+
+def clock_dir(smk) -> str:
+    """Where a training job's wall-clock goes (TensorBoard events, epoch seconds): beside its
+    log, out of its tracked output, so two runs write the same output bytes."""
+    return str(Path(smk.log[0]).with_suffix(""))
 
 
 @contextlib.contextmanager
