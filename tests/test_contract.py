@@ -156,14 +156,18 @@ def test_the_boolean_styles_are_the_guides_spellings():
 # --- rules, errors, docs ------------------------------------------------------------------
 
 
+def rule_bodies(rule_file: Path) -> dict[str, str]:
+    """Each rule of a rule file, by name: its indented lines."""
+    parts = re.split(r"^rule (\w+):\n", rule_file.read_text(), flags=re.M)[1:]
+    return {name: re.match(r"(?:(?:    .*)?\n)*", body).group(0) for name, body in
+            zip(parts[::2], parts[1::2], strict=True)}  # fmt: skip
+
+
 def rules_and_scripts(rule_file: Path) -> dict[str, str | None]:
-    found, current = {}, None
-    for line in rule_file.read_text().splitlines():
-        if match := re.match(r"^rule (\w+):", line):
-            current = match.group(1)
-            found[current] = None
-        elif current and (match := re.match(r'^\s+"\.\./scripts/([\w.]+)"', line)):
-            found[current] = match.group(1)
+    found = {}
+    for rule, body in rule_bodies(rule_file).items():
+        match = re.search(r'^\s+"\.\./scripts/([\w.]+)"', body, flags=re.M)
+        found[rule] = match and match.group(1)
     return found
 
 
@@ -177,6 +181,18 @@ def test_each_rule_runs_the_script_named_after_it(family):
             assert (REPO / "workflow/scripts" / script).is_file()
             if Path(rule_file).stem == family.name:
                 assert rule.startswith(f"{family.name}_"), f"{rule_file}: rule {rule}"
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+def test_each_rule_declares_its_threads(family):
+    """Snakemake runs jobs side by side only while their threads fit the cores, and each job
+    computes on its count (workflow/rules/common.smk): a rule without `threads` would be
+    counted as one thread while torch used every core."""
+    for rule_file in family.rules:
+        for rule, body in rule_bodies(REPO / rule_file).items():
+            assert re.search(r"^    threads: (1|MODEL_THREADS)$", body, flags=re.M), (
+                f"{rule_file}: rule {rule} declares no threads"
+            )
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=ids)

@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -41,3 +46,38 @@ def test_onnx_providers_prefer_gpu_and_note_a_missing_one():
         ["CPUExecutionProvider"],
         None,
     )
+
+
+THREADS_PROBE = """
+import json, os, sys
+import numpy as np, torch
+from threadpoolctl import threadpool_info
+from fresnel.device import onnx_session_options, usable_cpus, use_threads
+from fresnel.training.launch import rank_threads
+used = use_threads(int(sys.argv[1]))
+print(json.dumps({
+    "used": used, "usable": usable_cpus(), "torch": torch.get_num_threads(),
+    "omp": os.environ["OMP_NUM_THREADS"], "pools": [p["num_threads"] for p in threadpool_info()],
+    "onnx": onnx_session_options().intra_op_num_threads, "two_ranks": rank_threads(2),
+}))
+"""
+
+
+@pytest.mark.parametrize("asked", [1, 2, 10_000])
+def test_a_job_computes_on_its_threads_capped_at_usable_cpus(asked, monkeypatch):
+    """Run in a fresh interpreter: the thread pools are process-wide."""
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    out = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(asked)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    probe = json.loads(out)
+    expected = min(asked, probe["usable"])
+    assert probe["used"] == probe["torch"] == probe["onnx"] == int(probe["omp"]) == expected
+    assert probe["pools"] and set(probe["pools"]) == {expected}  # numpy's BLAS/OpenMP pools
+    assert probe["two_ranks"]["OMP_NUM_THREADS"] == str(max(1, expected // 2))
+
+
+def test_a_slurm_jobs_cpus_per_task_caps_the_usable_cpus(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert device.usable_cpus() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "100000")
+    assert device.usable_cpus() == len(os.sched_getaffinity(0))

@@ -124,6 +124,47 @@ def deterministic_on_cpu() -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, and a Slurm job's cpus-per-task (a node
+    without CPU binding shows every core)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        count = min(count, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    return max(1, count or 1)
+
+
+def use_threads(count: int) -> int:
+    """Compute on `count` threads (at most `usable_cpus()`): torch's pool, the OpenMP and BLAS
+    pools loaded so far (numpy's), onnxruntime sessions made with `onnx_session_options`,
+    and processes started from here (their variables). Returns the count used.
+
+    Jobs run side by side, each on the threads Snakemake gave it; a library's default of
+    one thread per core in every job oversubscribes the machine."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    count = max(1, min(count, usable_cpus()))
+    os.environ.update({name: str(count) for name in THREAD_ENV})
+    torch.set_num_threads(count)
+    threadpool_limits(count)
+    return count
+
+
+def onnx_session_options():
+    """onnxruntime session options on this process's threads (torch's count: `use_threads`
+    in a job, one per core in a hand-run command)."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return options
+
+
 def describe(target: Target) -> str:
     if target.amp_dtype is None:
         amp = "AMP off (float32)"

@@ -71,8 +71,10 @@ class Recorder:
     ...     rec.stats["computed"] = 3
     """
 
-    def __init__(self, stage: str, params: dict, outputs, device: str = "cpu", seed=None):
+    def __init__(self, stage: str, params: dict, outputs, device: str = "cpu", seed=None,
+                 compute: dict | None = None):  # fmt: skip
         self.stage = stage
+        self.compute = compute or {}  # threads, ranks, nodes
         self.params = params
         self.outputs = [Path(o) for o in outputs]
         self.device = device
@@ -95,6 +97,7 @@ class Recorder:
             "params": self.params,
             "packages": package_versions(),
             "device": self.device,
+            **self.compute,
             "host": platform.node(),
             "seed": self.seed,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),

@@ -164,7 +164,8 @@ def test_the_launcher_is_srun_in_a_slurm_job_and_torchrun_elsewhere():
     assert command[:3] == ["srun", "--ntasks=4", "--nodes=2"]
     assert env["MASTER_ADDR"] == socket.gethostname() and int(env["MASTER_PORT"]) > 0
     command, env = launcher(2, 1, {})
-    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"] and env == {}
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert env["OMP_NUM_THREADS"] == str(max(1, torch.get_num_threads() // 2))  # a share each
     assert "--nproc_per_node=2" in command
     with pytest.raises(LaunchError, match="nodes=2 needs a Slurm allocation"):
         launcher(4, 2, {})

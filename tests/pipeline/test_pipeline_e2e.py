@@ -72,6 +72,9 @@ def test_demo_produces_decoder_onnx_evaluation_and_provenance(demo):
     assert metrics["held_out"] == 4
     record = json.loads((demo / "provenance/features.json").read_text())
     assert record["device"] == "cpu" and record["git_revision"] != "unknown"
+    cores = len(os.sched_getaffinity(0))  # the cpu profile's `cores: all`
+    assert (record["threads"], record["ranks"], record["nodes"]) == (min(4, cores), 1, 1)
+    assert json.loads((demo / "provenance/download.json").read_text())["threads"] == 1
     assert record["params"]["cfg"] == {"batch_size": 4, "depth_size": 256}
 
 
@@ -254,6 +257,8 @@ def test_decoder_train_on_two_torchrun_ranks_in_the_rule(demo):
     log = (demo / "logs/decoder_train_exp2.log").read_text()
     assert "starting 2 ranks on 1 node(s): " in log and "torch.distributed.run" in log
     assert len(re.findall(r"rank \d: weights identical on all 2 ranks", log)) == 2, log
+    record = json.loads((demo / "provenance/decoder_train-2.json").read_text())
+    assert (record["ranks"], record["nodes"]) == (2, 1)
     ranks = torch.load(final, weights_only=True)["model"]
     difference = sum(float((single[k] - ranks[k]).double().norm() ** 2) for k in single) ** 0.5
     assert difference / sum(float(v.double().norm() ** 2) for v in single.values()) ** 0.5 < 1e-2

@@ -17,6 +17,7 @@ rule avatars_dataset:
         directory("data/avatars/{subject}"),
     params:
         cfg=P("avatars.synthetic"),
+    threads: MODEL_THREADS
     log:
         "logs/avatars_dataset_{subject}.log",
     script:
@@ -36,6 +37,7 @@ rule avatars_train:
         ),
     resources:
         **gpu_job("avatars_train"),
+    threads: MODEL_THREADS
     log:
         "logs/avatars_train_{subject}_{avatar_run}.log",
     script:
@@ -57,6 +59,7 @@ rule avatars_evaluate:
         ),
     params:
         cfg=P("avatars.evaluate"),
+    threads: MODEL_THREADS
     log:
         "logs/avatars_evaluate_{subject}_{avatar_run}.log",
     script:
@@ -84,6 +87,7 @@ rule avatars_table:
             [f"avatars.tables.{wildcards.table}"], {"runs": config["avatars"]["tables"][wildcards.table]}
         ),
         title=lambda wc: f"GaussianAvatars {wc.table}: {wc.subject}",
+    threads: 1
     log:
         "logs/avatars_table_{subject}_{table}.log",
     script:

@@ -10,6 +10,13 @@ os.environ[TARGET_ENV_VAR] = config.get("target", os.environ.get(TARGET_ENV_VAR,
 os.environ.update({k: str(v) for k, v in config.get("job_env", {}).items()})
 
 
+# Threads per job. Snakemake caps them at --cores and runs jobs side by side only while their
+# threads fit; each job computes on exactly its count (fresnel.device.use_threads: torch,
+# OpenMP, BLAS, onnxruntime). Rules that run a network or a renderer take MODEL_THREADS;
+# downloads, conversions and tables take one. `--set-threads RULE=N` overrides a rule.
+MODEL_THREADS = 4
+
+
 def P(path, *keys):
     """The params.yaml section `path` (e.g. "decoder.train"), or only its `keys`: what a
     rule reads, tracked by Snakemake and DVC. A path with wildcards ("gaze.variants.{gaze_variant}")

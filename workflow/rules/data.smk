@@ -15,6 +15,7 @@ rule download:
         code=code("download.py"),
     params:
         cfg=P("download"),
+    threads: 1
     log:
         "logs/download.log",
     script:
@@ -29,6 +30,7 @@ rule matte:
         directory("data/matted"),
     params:
         cfg=P("matte"),
+    threads: MODEL_THREADS
     log:
         "logs/matte.log",
     script:
@@ -43,6 +45,7 @@ rule export_backbone:
     params:
         cfg=lambda wildcards: P(f"backbones.{BACKBONES[wildcards.backbone]}"),
         kind=lambda wildcards: BACKBONES[wildcards.backbone],
+    threads: 1
     log:
         "logs/export_backbone_{backbone}.log",
     script:
@@ -61,6 +64,7 @@ rule features:
         cfg=P("features"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/features.log",
     script:
@@ -75,6 +79,7 @@ rule vlm:
         directory("data/vlm"),
     params:
         cfg=P("vlm"),
+    threads: 1
     log:
         "logs/vlm.log",
     script:
@@ -91,6 +96,7 @@ rule shards:
         directory("data/shards"),
     params:
         cfg=P("shards"),
+    threads: 1
     log:
         "logs/shards.log",
     script:

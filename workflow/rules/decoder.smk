@@ -20,6 +20,7 @@ rule decoder_train:
         cfg=P("decoder.train"),
     resources:
         **gpu_job("decoder_train"),
+    threads: MODEL_THREADS
     log:
         "logs/decoder_train_exp{exp}.log",
     script:
@@ -35,6 +36,7 @@ rule decoder_export:
         "results/decoder_exp{exp}.onnx",
     params:
         cfg=P("decoder.export"),
+    threads: 1
     log:
         "logs/decoder_export_exp{exp}.log",
     script:
@@ -56,6 +58,7 @@ rule decoder_evaluate:
         ),
     params:
         cfg=P("decoder.train", "lpips_backbone"),
+    threads: MODEL_THREADS
     log:
         "logs/decoder_evaluate_exp{exp}.log",
     script:

@@ -16,6 +16,7 @@ rule gaze_synthetic:
         directory("data/gaze/xgaze"),
     params:
         cfg=P("gaze.synthetic"),
+    threads: MODEL_THREADS
     log:
         "logs/gaze_synthetic.log",
     script:
@@ -32,6 +33,7 @@ rule gaze_meshhead:
         cfg=P("gaze.meshhead"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/gaze_meshhead.log",
     script:
@@ -48,6 +50,7 @@ rule gaze_estimator:
         cfg=P("gaze.estimator"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/gaze_estimator_{estimator_split}.log",
     script:
@@ -64,6 +67,7 @@ rule gaze_vae:
         cfg=P("gaze.vae"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/gaze_vae.log",
     script:
@@ -83,6 +87,7 @@ rule gaze_train:
         cfg=merged("gaze.train", "gaze.variants.{gaze_variant}"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/gaze_train_{gaze_variant}.log",
     script:
@@ -105,6 +110,7 @@ rule gaze_evaluate:
         ),
     params:
         cfg=P("gaze.evaluate"),
+    threads: MODEL_THREADS
     log:
         "logs/gaze_evaluate_{gaze_variant}.log",
     script:
@@ -125,6 +131,7 @@ rule gaze_ablation:
         ),
     params:
         cfg=P("gaze", "variants"),
+    threads: 1
     log:
         "logs/gaze_ablation.log",
     script:

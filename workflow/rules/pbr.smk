@@ -12,6 +12,7 @@ rule pbr_dataset:
         directory("data/pbr"),
     params:
         cfg=P("pbr.dataset"),
+    threads: MODEL_THREADS
     log:
         "logs/pbr_dataset.log",
     script:
@@ -34,6 +35,7 @@ rule pbr_teacher:
         cfg=P("pbr.teacher"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/pbr_teacher.log",
     script:
@@ -51,6 +53,7 @@ rule pbr_teacher_shards:
         cfg=P("pbr.teacher_shards"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/pbr_teacher_shards.log",
     script:
@@ -74,6 +77,7 @@ rule pbr_student:
         cfg=P("pbr.student"),
     resources:
         gpu=1,
+    threads: MODEL_THREADS
     log:
         "logs/pbr_student.log",
     script:
@@ -88,6 +92,7 @@ rule pbr_coreml:
         directory("results/pbr_student.mlpackage"),
     params:
         cfg=P("pbr.coreml"),
+    threads: 1
     log:
         "logs/pbr_coreml.log",
     script:
@@ -102,6 +107,7 @@ rule pbr_onnx:
         "results/pbr_student.onnx",
     params:
         cfg=P("pbr.onnx"),
+    threads: 1
     log:
         "logs/pbr_onnx.log",
     script:
@@ -123,6 +129,7 @@ rule pbr_evaluate:
         ),
     params:
         cfg=P("pbr.evaluate"),
+    threads: MODEL_THREADS
     log:
         "logs/pbr_evaluate.log",
     script:

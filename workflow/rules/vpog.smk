@@ -12,6 +12,7 @@ rule vpog_templates:
     params:
         cfg=P("vpog.templates"),
         objects=P("vpog", "objects"),
+    threads: MODEL_THREADS
     log:
         "logs/vpog_templates.log",
     script:
@@ -28,6 +29,7 @@ rule vpog_queries:
     params:
         cfg=P("vpog.queries"),
         objects=P("vpog", "objects"),
+    threads: MODEL_THREADS
     log:
         "logs/vpog_queries_{split}.log",
     script:
@@ -45,6 +47,7 @@ rule vpog_train:
         cfg=P("vpog.train"),
     resources:
         **gpu_job("vpog_train"),
+    threads: MODEL_THREADS
     log:
         "logs/vpog_train.log",
     script:
@@ -66,6 +69,7 @@ rule vpog_evaluate:
         ),
     params:
         cfg=P("vpog.evaluate"),
+    threads: MODEL_THREADS
     log:
         "logs/vpog_evaluate.log",
     script:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fresnel import io
+from fresnel.device import onnx_session_options
 from fresnel.images import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,9 @@ def _verify(path: Path, wrapper, output_name: str, seed: int) -> tuple[float, fl
     x = np.random.default_rng(seed).random((2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     with torch.no_grad():
         expected = wrapper(torch.from_numpy(x)).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), onnx_session_options(), providers=["CPUExecutionProvider"]
+    )
     (got,) = session.run([output_name], {"pixel_values": x})
     if got.shape != expected.shape:
         raise RuntimeError(f"{path}: ONNX output shape {got.shape}, torch {expected.shape}")

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fresnel import device, io
+from fresnel.device import onnx_session_options
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _session(path: Path, providers: list[str]):
 
     if not Path(path).is_file():
         raise FeatureError(f"ONNX model not found: {path}")
-    options = ort.SessionOptions()
+    options = onnx_session_options()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=providers)
 

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fresnel import io
+from fresnel.device import onnx_session_options
 from fresnel.images import BadImage, load_rgb, save_png
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def make_remover(model: str, model_dir) -> Callable[[Image.Image], Image.Image]:
     import rembg  # slow first import (numba); only background removal needs it
 
     _check_rembg_finds(model, path)
-    session = rembg.new_session(model)
+    session = rembg.new_session(model, sess_opts=onnx_session_options())
 
     def remove(img: Image.Image) -> Image.Image:
         # rembg stretches each prediction to 0..1; a flat one (0/0) becomes an empty mask

@@ -21,6 +21,7 @@ from fresnel.data.shards import ShardStream
 from fresnel.decoder import gaussians
 from fresnel.decoder.config import TrainConfig
 from fresnel.decoder.train import batches, make_model, render_batch, split_ids
+from fresnel.device import onnx_session_options
 from fresnel.io import DINOV2_SHAPE, atomic_path, read_f32_bin, sha256_file, write_bytes
 from fresnel.render import TileBasedRenderer
 from fresnel.training import read_checkpoint
@@ -51,7 +52,9 @@ def load_checkpoint(path) -> tuple[torch.nn.Module, TrainConfig]:
 def _onnx_session(path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), onnx_session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def parity(model, onnx_path, features, depth, resolution: int) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fresnel.device import onnx_session_options
 from fresnel.images import load_rgb
 from fresnel.io import write_json
 from fresnel.pbr.data import normalize_views
@@ -76,7 +77,9 @@ def onnx_predictor(onnx_path) -> Predictor:
 
     from fresnel.pbr.onnx_export import INPUT_NAME, OUTPUT_NAMES
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(onnx_path), onnx_session_options(), providers=["CPUExecutionProvider"]
+    )
 
     def predict(views: list[np.ndarray]) -> dict[str, np.ndarray]:
         x01 = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).float() / 255.0

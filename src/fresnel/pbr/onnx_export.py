@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fresnel.device import onnx_session_options
 from fresnel.io import atomic_path, sha256_file
 from fresnel.pbr.maps import MAP_CHANNELS, NUM_VIEWS
 from fresnel.pbr.student import PBRStudent, load_student
@@ -59,7 +60,9 @@ def parity(wrapper: nn.Module, onnx_path, views: torch.Tensor) -> dict[str, floa
     """Max |ONNX Runtime - torch| per output map on `views`."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(onnx_path), onnx_session_options(), providers=["CPUExecutionProvider"]
+    )
     got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: views.numpy()})
     with torch.no_grad():
         expected = wrapper(views)

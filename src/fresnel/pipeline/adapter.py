@@ -1,5 +1,6 @@
 """The few lines every workflow script shares: logging to the rule's log file, the
-target device, and a provenance record for the job's outputs.
+target device, the job's threads (the rule's `threads`, as Snakemake gave them), and a
+provenance record for the job's outputs.
 
 The target is the profile's only for rules that ask for a GPU (`resources: gpu`); every
 other rule runs on the CPU, so a CPU job never needs a GPU build or a GPU node."""
@@ -11,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fresnel.device import deterministic_on_cpu, requested_target, resolve
+from fresnel.device import deterministic_on_cpu, requested_target, resolve, use_threads
 from fresnel.provenance import Recorder
 
 
@@ -41,9 +42,12 @@ def stage(smk, seed=None):
     cfg = params.get("cfg", {})
     seed = seed if seed is not None else cfg.get("seed")
     target = requested_target() if smk.resources.get("gpu", 0) else "cpu"
+    compute = {"threads": use_threads(smk.threads), "ranks": smk.resources.get("tasks", 1),
+               "nodes": smk.resources.get("nodes", 1)}  # fmt: skip
     logger = logging.getLogger("fresnel")
-    with Recorder(name, params, smk.output, device=target, seed=seed) as recorder:
-        logger.info("%s: target %s", name, recorder.device)
+    with Recorder(name, params, smk.output, device=target, seed=seed, compute=compute) as recorder:
+        logger.info("%s: target %s, %s", name, recorder.device,
+                    ", ".join(f"{v} {k}" for k, v in compute.items()))  # fmt: skip
         try:
             if target != "cpu":
                 resolve(target)  # fail fast, before any work, when this node cannot serve it

@@ -2,9 +2,10 @@
 
 A training rule with `tasks > 1` (params.yaml `launch`) runs as one process that starts the
 ranks: `srun` inside a Slurm allocation (the job was submitted with --ntasks/--nodes, so
-srun places the ranks on its nodes), `torchrun --standalone` on one machine otherwise. Each
-rank runs `python -m fresnel.training.launch SPEC`, which calls the function named in SPEC
-with its keyword arguments; the function joins the process group itself
+srun places the ranks on its nodes, each on its task's CPUs), `torchrun --standalone` on one
+machine otherwise (the job's threads shared among the ranks). Each rank runs
+`python -m fresnel.training.launch SPEC`, which calls the function named in SPEC with its
+keyword arguments; the function joins the process group itself
 (`fresnel.training.distributed.init`) and rank 0 returns the stats the job records.
 """
 
@@ -18,6 +19,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from fresnel.device import THREAD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,16 @@ def launcher(tasks: int, nodes: int, env=os.environ) -> tuple[list[str], dict]:
         )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={tasks}"]  # fmt: skip
-    return command, {}
+    return command, rank_threads(tasks)
+
+
+def rank_threads(tasks: int) -> dict:
+    """The job's threads shared among its `tasks` ranks on this machine (torchrun would
+    give each rank one, or each the job's count when the job set OMP_NUM_THREADS)."""
+    import torch
+
+    share = str(max(1, torch.get_num_threads() // tasks))
+    return {name: share for name in THREAD_ENV}
 
 
 def run_ranks(function: str, kwargs: dict, tasks: int, nodes: int, folder: Path) -> dict:

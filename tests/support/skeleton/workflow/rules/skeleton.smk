@@ -8,6 +8,7 @@ rule skeleton_data:
         "data/skeleton/toy.pt",
     params:
         cfg=P("skeleton.data"),
+    threads: 1
     log:
         "logs/skeleton_data.log",
     script:
@@ -24,6 +25,7 @@ rule skeleton_train:
         cfg=P("skeleton.train"),
     resources:
         **gpu_job("skeleton_train"),
+    threads: MODEL_THREADS
     log:
         "logs/skeleton_train.log",
     script:
@@ -37,6 +39,7 @@ rule skeleton_evaluate:
         code=code("skeleton_evaluate.py"),
     output:
         directory("results/skeleton/eval"),
+    threads: 1
     log:
         "logs/skeleton_evaluate.log",
     script:
