@@ -13,6 +13,7 @@ from fresnel.pipeline.glue import (
     write_overrides_to_params,
 )
 from fresnel.pipeline.locks import stop_jobs_on_signals
+from fresnel.pipeline.profile import with_profile_config
 from fresnel.registry import families, params_checks, rule_files
 
 
@@ -23,6 +24,7 @@ configfile: "params.yaml"
 
 
 config.update(ordered_like(parse_command_line_values(config), on_file))
+with_profile_config(config)  # a --config on the command line replaces the profile's whole
 validate(config, source="params.yaml (with --config overrides)", checks=params_checks())
 
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from common import save, timed_interleaved
-from support.slurm_cluster import SITE, SlurmCluster
+from support.slurm_cluster import SITE, SITE_CONFIG, SlurmCluster
 from support.workspace import make_workspace, run
 
 TARGET = "data/shards"
@@ -33,7 +33,8 @@ def main(repeat: int = 2) -> None:
                         f"snakemake --profile cpu --forceall {TARGET}", ws
                     ),
                     "slurm_executor": lambda: run(
-                        f"snakemake --profile slurm --forceall {TARGET} {SITE} --config target=cpu",
+                        f"snakemake --profile slurm --forceall {TARGET} {SITE} "
+                        f"--config target=cpu {SITE_CONFIG}",
                         ws,
                     ),
                 },

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from support.slurm_cluster import PARTITION, SITE, SlurmCluster
+from support.slurm_cluster import PARTITION, SITE, SITE_CONFIG, SlurmCluster
 from support.workspace import dvc_stale, make_workspace, run, set_param
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ DDP = "{decoder_train: {tasks: 2, nodes: 2}}"
 
 def slurm(ws, targets: str, status: str, target: str = "cpu", extra: str = "", check=True):
     command = (f"snakemake --profile slurm {targets} --slurm-status-command {status} {SITE} "
-               f"--config target={target} 'launch={DDP}' {extra}")  # fmt: skip
+               f"--config target={target} 'launch={DDP}' {SITE_CONFIG} {extra}")  # fmt: skip
     # one torch thread in every job and rank (sbatch --export=ALL), as in the emulated run
     result = run(command, ws, check=check, env={"OMP_NUM_THREADS": "1"})
     return result.stdout + result.stderr

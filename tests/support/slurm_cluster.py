@@ -34,10 +34,9 @@ class ClusterError(RuntimeError):
 # instead of 10 (the tests and benchmarks/slurm_overhead.py submit with them).
 SITE = (
     "--default-resources runtime=30 mem_mb=1000 cpus_per_task=1 "
-    "--set-resources features:mem_mb=1000 features:cpus_per_task=1 "
-    "decoder_train:mem_mb=1000 decoder_train:cpus_per_task=1 "
     "--slurm-init-seconds-before-status-checks 1 --seconds-between-status-checks 1"
 )
+SITE_CONFIG = "'gpu_jobs={runtime: 30, mem_mb: 1000, cpus_per_task: 1}'"  # in the --config list
 
 
 def free_ports(n: int) -> list[int]:

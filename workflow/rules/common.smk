@@ -46,14 +46,17 @@ def local_or(source, built):
 
 
 def gpu_job(rule):
-    """Resources of a GPU rule: one GPU per rank. With tasks > 1 (params.yaml `launch`) the
-    job is an `mpi` job: Slurm allocates tasks x nodes and the rule's script starts the ranks
-    itself (fresnel.training.launch: srun there, torchrun on one machine)."""
+    """Resources of a GPU job, one GPU per rank, with the profile's `gpu_jobs` (the Slurm
+    profile's partition and sizes). Every GPU rule declares itself with this.
+    With tasks > 1 (params.yaml `launch`) the job is an `mpi` job: Slurm allocates tasks x
+    nodes and the rule's script starts the ranks itself (fresnel.training.launch: srun
+    there, torchrun on one machine)."""
     scale = config.get("launch", {}).get(rule, {"tasks": 1, "nodes": 1})
+    site = {key: value for key, value in config.get("gpu_jobs", {}).items() if value}
     if scale["tasks"] == 1:
-        return {"gpu": 1}
+        return {"gpu": 1, **site}
     return {"gpu": scale["tasks"], "tasks": scale["tasks"], "nodes": scale["nodes"],
-            "tasks_per_gpu": 1, "mpi": "srun"}  # fmt: skip
+            "tasks_per_gpu": 1, "mpi": "srun", **site}  # fmt: skip
 
 
 def code(script):

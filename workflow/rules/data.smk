@@ -63,7 +63,7 @@ rule features:
     params:
         cfg=P("features"),
     resources:
-        gpu=1,
+        **gpu_job("features"),
     threads: MODEL_THREADS
     log:
         "logs/features.log",

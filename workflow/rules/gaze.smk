@@ -32,7 +32,7 @@ rule gaze_meshhead:
     params:
         cfg=P("gaze.meshhead"),
     resources:
-        gpu=1,
+        **gpu_job("gaze_meshhead"),
     threads: MODEL_THREADS
     log:
         "logs/gaze_meshhead.log",
@@ -49,7 +49,7 @@ rule gaze_estimator:
     params:
         cfg=P("gaze.estimator"),
     resources:
-        gpu=1,
+        **gpu_job("gaze_estimator"),
     threads: MODEL_THREADS
     log:
         "logs/gaze_estimator_{estimator_split}.log",
@@ -66,7 +66,7 @@ rule gaze_vae:
     params:
         cfg=P("gaze.vae"),
     resources:
-        gpu=1,
+        **gpu_job("gaze_vae"),
     threads: MODEL_THREADS
     log:
         "logs/gaze_vae.log",
@@ -86,7 +86,7 @@ rule gaze_train:
     params:
         cfg=merged("gaze.train", "gaze.variants.{gaze_variant}"),
     resources:
-        gpu=1,
+        **gpu_job("gaze_train"),
     threads: MODEL_THREADS
     log:
         "logs/gaze_train_{gaze_variant}.log",

@@ -34,7 +34,7 @@ rule pbr_teacher:
     params:
         cfg=P("pbr.teacher"),
     resources:
-        gpu=1,
+        **gpu_job("pbr_teacher"),
     threads: MODEL_THREADS
     log:
         "logs/pbr_teacher.log",
@@ -52,7 +52,7 @@ rule pbr_teacher_shards:
     params:
         cfg=P("pbr.teacher_shards"),
     resources:
-        gpu=1,
+        **gpu_job("pbr_teacher_shards"),
     threads: MODEL_THREADS
     log:
         "logs/pbr_teacher_shards.log",
@@ -76,7 +76,7 @@ rule pbr_student:
     params:
         cfg=P("pbr.student"),
     resources:
-        gpu=1,
+        **gpu_job("pbr_student"),
     threads: MODEL_THREADS
     log:
         "logs/pbr_student.log",
