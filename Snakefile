@@ -14,6 +14,7 @@ from fresnel.pipeline.glue import (
 )
 from fresnel.pipeline.locks import stop_jobs_on_signals
 from fresnel.pipeline.profile import with_profile_config
+from fresnel.pipeline.slurm_site import refuse_impossible_jobs
 from fresnel.registry import families, params_checks, rule_files
 
 
@@ -46,6 +47,7 @@ rule all:
 
 
 onstart:
+    refuse_impossible_jobs(workflow)
     stop_jobs_on_signals(workflow)
     write_overrides_to_params(workflow, config)
 

@@ -15,12 +15,13 @@ each status command meets a real cluster within the CI budget:
 
 import json
 import subprocess
+import time
 
 import pytest
 import torch
 import yaml
 
-from support.slurm_cluster import PARTITION, SITE, SITE_CONFIG, SlurmCluster
+from support.slurm_cluster import GPU_SIZES, PARTITION, SITE, SITE_CONFIG, SlurmCluster
 from support.workspace import dvc_stale, make_workspace, run, set_param
 
 pytestmark = pytest.mark.slow
@@ -28,9 +29,10 @@ pytestmark = pytest.mark.slow
 DDP = "{decoder_train: {tasks: 2, nodes: 2}}"
 
 
-def slurm(ws, targets: str, status: str, target: str = "cpu", extra: str = "", check=True):
+def slurm(ws, targets: str, status: str, target: str = "cpu", extra: str = "", check=True,
+          site_config: str = SITE_CONFIG):  # fmt: skip
     command = (f"snakemake --profile slurm {targets} --slurm-status-command {status} {SITE} "
-               f"--config target={target} 'launch={DDP}' {SITE_CONFIG} {extra}")  # fmt: skip
+               f"--config target={target} 'launch={DDP}' {site_config} {extra}")  # fmt: skip
     # one torch thread in every job and rank (sbatch --export=ALL), as in the emulated run
     result = run(command, ws, check=check, env={"OMP_NUM_THREADS": "1"})
     return result.stdout + result.stderr
@@ -50,6 +52,10 @@ def cluster_run(tmp_path_factory):
     run("git commit -qam 'short schedule'", ws)
     vpog = vpog_job_folder(root / "vpog")
     with SlurmCluster(root / "plain", nodes=2, accounting=False):
+        started = time.monotonic()  # the profile without its GPU partition
+        impossible = slurm(ws, "data/shards", "squeue", site_config=f"'gpu_jobs={{{GPU_SIZES}}}'",
+                           check=False)  # fmt: skip
+        impossible = impossible, time.monotonic() - started
         first = slurm(ws, "data/shards", "squeue")
         vpog_job = run("sbatch --wait submit_slurm_multinode.sh", vpog, check=False,
                        env={"MASTER_ADDR": "127.0.0.1"})  # fmt: skip
@@ -61,7 +67,7 @@ def cluster_run(tmp_path_factory):
                        extra="--forcerun features", check=False)  # fmt: skip
         jobs = sacct_jobs()
     return dict(ws=ws, first=first, second=second, clean=clean, failed=failed, jobs=jobs,
-                vpog=vpog, vpog_job=vpog_job)  # fmt: skip
+                vpog=vpog, vpog_job=vpog_job, impossible=impossible)  # fmt: skip
 
 
 def vpog_job_folder(folder):
@@ -98,6 +104,18 @@ def test_every_rule_ran_as_a_slurm_job_and_only_gpu_rules_got_a_gpu(cluster_run)
         assert ("CUDA_VISIBLE_DEVICES" in env) == (stage in ("features", "decoder_train-2")), stage
     assert record(ws, "features")["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     assert {record(ws, s)["device"] for s in ("matte", "features", "decoder_train-2")} == {"cpu"}
+
+
+def test_a_job_no_node_can_take_ends_the_run_before_any_submission(cluster_run):
+    """Without its GPU partition, the profile sends features (a GPU rule) to the default
+    partition, whose nodes have no GPU: Slurm would keep it pending (PartitionConfig) for
+    ever. The run ends at its start with Slurm's view and the setting to change."""
+    out, seconds = cluster_run["impossible"]
+    assert ("error: Slurm can never start rule features: it asks for 1 GPU(s) in partition "
+            "'cpu' (the cluster's default), whose nodes have none (partitions with GPUs: "
+            f"{PARTITION}); set gpu_jobs") in out, out[-3000:]  # fmt: skip
+    assert "profiles/slurm/config.yaml (SITE)" in out and "Traceback" not in out
+    assert "submitted with SLURM jobid" not in out and seconds < 60
 
 
 def test_sacct_saw_every_job_of_the_accounting_half_and_the_failure(cluster_run):

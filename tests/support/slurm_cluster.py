@@ -1,6 +1,7 @@
-"""A throw-away Slurm 22.05 cluster on this machine, for the tests: munged, slurmctld and N
-emulated slurmd nodes (one fake GPU each), optionally slurmdbd + MariaDB so that `sacct`
-works. Daemons are started by hand (no systemd) and stopped by PID.
+"""A throw-away Slurm 22.05 cluster on this machine, for the tests: munged, slurmctld, N
+emulated slurmd nodes with one fake GPU each (partition `compute`) and CPU-only nodes in the
+default partition `cpu`, as clusters that keep GPUs out of their default partition have;
+optionally slurmdbd + MariaDB so that `sacct` works. Daemons are started by hand (no systemd) and stopped by PID.
 
 Needs root and Debian's slurm-wlm, munge, slurmdbd and mariadb-server (`make test`
 installs them). Facts behind the choices are in DESIGN.md section 5b: slurm.conf must be
@@ -22,7 +23,8 @@ from pathlib import Path
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 PACKAGES = "slurm-wlm munge slurmdbd mariadb-server"
 CLUSTER = "fresnel-test"
-PARTITION = "compute"  # deliberately not "gpu": the profile must not assume a partition name
+PARTITION = "compute"  # the GPU nodes; deliberately not "gpu": the profile assumes no name
+CPU_PARTITION = "cpu"  # the default partition: CPU-only nodes
 
 
 class ClusterError(RuntimeError):
@@ -30,13 +32,15 @@ class ClusterError(RuntimeError):
 
 
 # The site settings (profiles/slurm/config.yaml, lines marked SITE) sized to this cluster's
-# nodes (2 CPUs, 4000 MB each), and status checks after 1 s instead of 40 and every 1 s
-# instead of 10 (the tests and benchmarks/slurm_overhead.py submit with them).
+# nodes (2 CPUs, 4000 MB each) and naming its GPU partition, and status checks after 1 s
+# instead of 40 and every 1 s instead of 10 (the tests and benchmarks/slurm_overhead.py
+# submit with them).
 SITE = (
     "--default-resources runtime=30 mem_mb=1000 cpus_per_task=1 "
     "--slurm-init-seconds-before-status-checks 1 --seconds-between-status-checks 1"
 )
-SITE_CONFIG = "'gpu_jobs={runtime: 30, mem_mb: 1000, cpus_per_task: 1}'"  # in the --config list
+GPU_SIZES = "runtime: 30, mem_mb: 1000, cpus_per_task: 1"
+SITE_CONFIG = f"'gpu_jobs={{slurm_partition: {PARTITION}, {GPU_SIZES}}}'"  # a --config entry
 
 
 def free_ports(n: int) -> list[int]:
@@ -65,11 +69,14 @@ def succeeds(*command: str) -> bool:
 
 
 class SlurmCluster:
-    """`with SlurmCluster(root, nodes=2, accounting=True) as cluster:` -> a running cluster."""
+    """`with SlurmCluster(root, nodes=2, accounting=True) as cluster:` -> a running cluster
+    (`nodes` GPU nodes n1.., `cpu_nodes` CPU-only nodes c1..)."""
 
-    def __init__(self, root: Path, nodes: int = 2, accounting: bool = False):
-        self.root, self.nodes, self.accounting = Path(root), nodes, accounting
+    def __init__(self, root: Path, nodes: int = 2, accounting: bool = False, cpu_nodes: int = 1):
+        self.root, self.accounting = Path(root), accounting
         self.names = [f"n{i + 1}" for i in range(nodes)]
+        self.cpu_names = [f"c{i + 1}" for i in range(cpu_nodes)]
+        self.nodes = nodes + cpu_nodes
         self.processes: list[subprocess.Popen] = []
         self.cleanup: list[Path] = []
         self.restore: list[tuple[Path, bytes | None]] = []
@@ -112,15 +119,18 @@ class SlurmCluster:
             ]
         else:
             lines.append("AccountingStorageType=accounting_storage/none")
-        for name, port in zip(self.names, node_ports, strict=True):
+        for name, port in zip(self.names + self.cpu_names, node_ports, strict=True):
+            gres = " Gres=gpu:1" if name in self.names else ""
             lines.append(
                 f"NodeName={name} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={port} "
-                f"CPUs=2 RealMemory={memory} Gres=gpu:1 State=UNKNOWN"
+                f"CPUs=2 RealMemory={memory}{gres} State=UNKNOWN"
             )
-        lines.append(
-            f"PartitionName={PARTITION} Nodes={','.join(self.names)} Default=YES "
-            "MaxTime=INFINITE State=UP"
-        )
+        for partition, names, default in ((CPU_PARTITION, self.cpu_names, "YES"),
+                                          (PARTITION, self.names, "NO")):  # fmt: skip
+            lines.append(
+                f"PartitionName={partition} Nodes={','.join(names)} Default={default} "
+                "MaxTime=INFINITE State=UP"
+            )
         return "\n".join(lines) + "\n"
 
     def gres_conf(self) -> str:
@@ -209,7 +219,7 @@ class SlurmCluster:
                 subprocess.run(["sacctmgr", "-i", "add", "cluster", CLUSTER],
                                check=True, capture_output=True)  # fmt: skip
             self.spawn("slurmctld", "-D", "-i", log="slurmctld.out")
-            for name in self.names:
+            for name in self.names + self.cpu_names:
                 self.spawn("slurmd", "-D", "-N", name, log=f"slurmd-{name}.out")
             wait_for(self.idle, "all nodes idle", log=self.root / "slurmctld.log")
         except BaseException:
