@@ -13,8 +13,11 @@ os.environ.update({k: str(v) for k, v in config.get("job_env", {}).items()})
 # Threads per job. Snakemake caps them at --cores and runs jobs side by side only while their
 # threads fit; each job computes on exactly its count (fresnel.device.use_threads: torch,
 # OpenMP, BLAS, onnxruntime). Rules that run a network or a renderer take MODEL_THREADS;
-# downloads, conversions and tables take one. `--set-threads RULE=N` overrides a rule.
-MODEL_THREADS = 4
+# downloads, conversions and tables take one. On the CPU target that is one too: jobs side
+# by side beat threads within a job (with 4, capped at 2 on a 2-core machine, the demo took
+# 1.64x as long: benchmarks/README.md); a GPU job's threads feed its GPU.
+# `--set-threads RULE=N` overrides a rule.
+MODEL_THREADS = 1 if os.environ[TARGET_ENV_VAR] == "cpu" else 4
 
 
 def P(path, *keys):
