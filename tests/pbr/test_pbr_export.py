@@ -3,6 +3,7 @@ normalisation baked into the graph, SR bypass) and the ONNX export's parity with
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -15,6 +16,7 @@ from fresnel.pbr import coreml, onnx_export
 from fresnel.pbr.data import normalize_views
 from fresnel.pbr.student import build_student, save_student
 from fresnel.pbr.student_config import apply_overrides, get_student_config
+from support.workspace import tree_bytes
 
 IOS17_SPEC_VERSION = 8
 TINY_SIDE = 32  # tiny_student's data.image_size
@@ -164,6 +166,15 @@ def test_coreml_fp32_convattn_with_sr_at_test_resolution(tmp_path):
     got = evaluate_until_first_conv(out, feeds)
     expected = normalize_views(torch.ones(1, 3, 3, 64, 64)).flatten(0, 1).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_two_conversions_of_one_checkpoint_are_the_same_bytes(tiny_ckpt, default_package, tmp_path):
+    """coremltools alone wrote random item identifiers and the metadata map in hash order."""
+    path, _ = default_package
+    coreml.convert(tiny_ckpt, tmp_path / "again.mlpackage")
+    assert tree_bytes(tmp_path / "again.mlpackage") == tree_bytes(path)
+    manifest = json.loads((path / "Manifest.json").read_text())
+    assert manifest["rootModelIdentifier"] in manifest["itemInfoEntries"]
 
 
 def test_convert_rejects_bad_requests(tmp_path):

@@ -17,7 +17,9 @@ What `convert` does, in the guide's order:
 The graph is captured with `torch.export` (then `run_decompositions({})`), not jit.trace:
 jit.trace is deprecated in torch 2.x, and torch.export is the path that also converts
 attention (see DESIGN.md section 5). The package is saved atomically: written into a temp
-folder beside the target, then renamed over it.
+folder beside the target, then renamed over it. It is reproducible: two conversions of one
+checkpoint give the same bytes (coremltools writes the metadata map in hash order and random
+item identifiers; `make_reproducible` sorts the one and derives the other from item paths).
 
 Outputs are four float tensors `albedo` [1,3,S,S], `roughness` [1,1,S,S], `metallic`
 [1,1,S,S], `normal` [1,3,S,S] (unit vectors), S = output side; the app upscales to 2048.
@@ -28,11 +30,13 @@ converts, saves and inspects, and `predict` raises instead of being called.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -135,11 +139,33 @@ def save_package(mlmodel, output: Path) -> None:
     try:
         staged = staging / output.name
         mlmodel.save(str(staged))
+        make_reproducible(staged)
         if output.exists():
             os.replace(output, staging / "previous")
         os.replace(staged, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def make_reproducible(package: Path) -> None:
+    """Rewrite a saved .mlpackage so that the same model is the same bytes (a DVC-tracked
+    output): item identifiers derived from each item's path, the spec serialised with its
+    maps in key order."""
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    items = manifest["itemInfoEntries"]
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, info["path"])) for old, info in items.items()}
+    root = items[manifest["rootModelIdentifier"]]
+    manifest["itemInfoEntries"] = {ids[old]: info for old, info in items.items()}
+    manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    # Core ML's own layout: opening the package with coremltools rewrites it the same
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    spec_path = package / "Data" / root["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def convert(checkpoint, output, options: CoreMLOptions | None = None, **changes) -> dict:
