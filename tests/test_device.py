@@ -54,26 +54,26 @@ import numpy as np, torch
 from threadpoolctl import threadpool_info
 from fresnel.device import onnx_session_options, usable_cpus, use_threads
 from fresnel.training.launch import rank_threads
-used = use_threads(int(sys.argv[1]))
-print(json.dumps({
-    "used": used, "usable": usable_cpus(), "torch": torch.get_num_threads(),
-    "omp": os.environ["OMP_NUM_THREADS"], "pools": [p["num_threads"] for p in threadpool_info()],
-    "onnx": onnx_session_options().intra_op_num_threads, "two_ranks": rank_threads(2),
-}))
+for asked in map(int, sys.argv[1:]):
+    used = use_threads(asked)
+    print(json.dumps({
+        "asked": asked, "used": used, "usable": usable_cpus(), "torch": torch.get_num_threads(),
+        "omp": os.environ["OMP_NUM_THREADS"], "pools": [p["num_threads"] for p in threadpool_info()],
+        "onnx": onnx_session_options().intra_op_num_threads, "two_ranks": rank_threads(2),
+    }))
 """
 
 
-@pytest.mark.parametrize("asked", [1, 2, 10_000])
-def test_a_job_computes_on_its_threads_capped_at_usable_cpus(asked, monkeypatch):
-    """Run in a fresh interpreter: the thread pools are process-wide."""
+def test_a_job_computes_on_its_threads_capped_at_usable_cpus(monkeypatch):
+    """In a fresh interpreter (the thread pools are process-wide), asking 1, 2 and 10000."""
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    out = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(asked)], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    probe = json.loads(out)
-    expected = min(asked, probe["usable"])
-    assert probe["used"] == probe["torch"] == probe["onnx"] == int(probe["omp"]) == expected
-    assert probe["pools"] and set(probe["pools"]) == {expected}  # numpy's BLAS/OpenMP pools
-    assert probe["two_ranks"]["OMP_NUM_THREADS"] == str(max(1, expected // 2))
+    out = subprocess.run([sys.executable, "-c", THREADS_PROBE, "1", "2", "10000"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for probe in map(json.loads, out.splitlines()):
+        expected = min(probe["asked"], probe["usable"])
+        assert probe["used"] == probe["torch"] == probe["onnx"] == int(probe["omp"]) == expected
+        assert probe["pools"] and set(probe["pools"]) == {expected}  # numpy's BLAS/OpenMP pools
+        assert probe["two_ranks"]["OMP_NUM_THREADS"] == str(max(1, expected // 2))
 
 
 def test_a_slurm_jobs_cpus_per_task_caps_the_usable_cpus(monkeypatch):

@@ -88,5 +88,6 @@ def test_a_new_family_joins_cli_dag_demo_and_contract_touching_no_shared_file(tm
     contract = run("python -m pytest -q -p no:cacheprovider tests/test_contract.py -k skeleton",
                    ws, env=env, check=False)  # fmt: skip
     assert contract.returncode == 0, contract.stdout[-4000:]
-    # every item of the contract: options (2), rules, errors, doc page, kill and resume, missing data
-    assert re.search(r"\b7 passed\b", contract.stdout), contract.stdout[-2000:]
+    # every item of the contract: options (2), rules, threads, errors, doc page, kill and
+    # resume, missing data
+    assert re.search(r"\b8 passed\b", contract.stdout), contract.stdout[-2000:]
