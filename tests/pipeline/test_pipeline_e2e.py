@@ -47,20 +47,6 @@ def demo(tmp_path_factory):
     return ws
 
 
-def test_a_second_clean_run_of_the_decoder_chain_gives_the_same_hash_for_every_output(
-    demo, tmp_path
-):
-    """A clone of the demo workspace builds the decoder targets from nothing: every output
-    of the chain has the demo run's DVC hash (no wall-clock, PID or host in a tracked
-    output). Runs first, before other tests change the demo workspace."""
-    clone = tmp_path / "again"
-    run(f"git clone -q {demo} {clone}", tmp_path)
-    run(f"snakemake --profile cpu {DECODER_TARGETS}", clone)
-    first, second = output_hashes(demo), output_hashes(clone)
-    assert {"results/decoder_exp2", "data/shards", "data/vlm"} <= second.keys()
-    assert second == {path: first[path] for path in second}
-
-
 DOWNSTREAM_OF_SHARDS = {"shards", "decoder_train", "decoder_export", "decoder_evaluate"}
 
 
