@@ -159,18 +159,19 @@ def chain(targets: Iterable[str], root: Path) -> list[str]:
     """The DVC stages that make `targets` (output paths) and every stage upstream of them."""
     stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
     producer = {_path(out): name for name, stage in stages.items() for out in stage.get("outs", [])}
-    todo = []
+    pending = []
     for target in targets:
-        if target.rstrip("/") not in producer:
+        path = target.rstrip("/")
+        if path not in producer:
             raise ReleaseError(f"no stage of dvc.yaml makes {target}: name stage outputs, "
                                f"e.g. {', '.join(sorted(producer)[:3])}")  # fmt: skip
-        todo.append(producer[target.rstrip("/")])
+        pending.append(producer[path])
     seen: set[str] = set()
-    while todo:
-        name = todo.pop()
+    while pending:
+        name = pending.pop()
         if name not in seen:
             seen.add(name)
-            todo += [
+            pending += [
                 producer[_path(d)] for d in stages[name].get("deps", []) if _path(d) in producer
             ]
     return sorted(seen)
@@ -185,23 +186,21 @@ def check_built(root: Path, stages: list[str] | None = None) -> set[str]:
     what the code and params at the tag produce. `stages`: those released (default: every
     stage built). Returns the stages of dvc.yaml not in the release."""
     built, never = built_stages(root)
-    subset = list(stages or [])
-    if stages is None:
-        if not built:
-            raise ReleaseError("nothing is built (no stage in dvc.lock): run snakemake first")
-        stages = sorted(built)
-    missing = [name for name in stages if name not in built]
+    released = sorted(built) if stages is None else list(stages)
+    if not released:
+        raise ReleaseError("nothing is built (no stage in dvc.lock): run snakemake first")
+    missing = [name for name in released if name not in built]
     if missing:
         raise ReleaseError(f"never built: {', '.join(missing)}: run snakemake for the targets, "
                            "commit dvc.lock, then release")  # fmt: skip
-    status = _run([*DVC, "status", "--json", *subset], root, "dvc status")
+    status = _run([*DVC, "status", "--json", *(stages or [])], root, "dvc status")
     stale = sorted(
-        name for name in json.loads(status or "{}") if name in stages or name.endswith(".dvc")
+        name for name in json.loads(status or "{}") if name in released or name.endswith(".dvc")
     )
     if stale:
         raise ReleaseError(f"stale stages: {', '.join(stale)}: run snakemake first "
                            "(e.g. `snakemake --profile cpu`), commit dvc.lock, then release")  # fmt: skip
-    return (built | never) - set(stages)
+    return (built | never) - set(released)
 
 
 def write_locks(root: Path, target: str, others: list[str]) -> list[Path]:
