@@ -20,17 +20,20 @@ from fresnel.vpog.bop import (
     average_recall,
     bop_ar,
     continuous_symmetries,
+    move_models_info_symmetries,
     mspd,
     mssd,
     n_fold_symmetries,
     score_pose,
+    symmetries_from_models_info,
     symmetry_transformations,
     vsd,
 )
 
 K = np.array([[200.0, 0.0, 64.0], [0.0, 200.0, 48.0], [0.0, 0.0, 1.0]])
 IMAGE_SHAPE = (96, 128)  # rows, columns
-TENTHS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+# eval_bop19_pose.py's np.arange(0.05, 0.51, 0.05): two of them lie just above the decimal
+TENTHS = (0.05, 0.1, 0.15000000000000002, 0.2, 0.25, 0.3, 0.35000000000000003, 0.4, 0.45, 0.5)
 
 
 def rotation(axis, angle: float) -> np.ndarray:
@@ -140,6 +143,39 @@ def test_symmetry_discretisation_follows_bop():
     assert len(symmetry_transformations([flip_x])) == 2
 
 
+def test_models_info_symmetries_are_read_and_moved_with_the_mesh():
+    # A box off the origin, 2-fold about the vertical line through its centre, and a cylinder
+    # (continuous about z through its axis), declared as in BOP's models_info.json (mm).
+    centre = np.array([40.0, -25.0, 10.0])
+    half_turn = np.eye(4)
+    half_turn[:3, :3] = rotation([0, 0, 1], math.pi)
+    half_turn[:3, 3] = centre - half_turn[:3, :3] @ centre
+    entry = {"diameter": 124.9, "symmetries_discrete": [half_turn.reshape(-1).tolist()]}
+    points = box_points() + centre
+    for R, t in symmetries_from_models_info(entry):
+        assert_same_point_set(points @ R.T + t, points)
+    moved = move_models_info_symmetries(entry, 0.001, centre * 0.001)  # mm -> m, centred
+    centred = box_points() * 0.001
+    symmetries = symmetries_from_models_info(moved)
+    assert len(symmetries) == 2
+    for R, t in symmetries:
+        assert_same_point_set(centred @ R.T + t, centred)
+
+    cylinder = {"symmetries_continuous": [{"axis": [0, 0, 1], "offset": [40.0, -25.0, 0.0]}]}
+    shifted = cylinder_points() + np.array([40.0, -25.0, 0.0])
+    symmetries = symmetries_from_models_info(cylinder)
+    assert len(symmetries) == 315
+    R_e = R_GT @ symmetries[37][0]
+    t_e = R_GT @ symmetries[37][1] + T_GT
+    assert mssd(R_e, t_e, R_GT, T_GT, shifted, symmetries) == pytest.approx(0.0, abs=1e-9)
+    assert mssd(R_e, t_e, R_GT, T_GT, shifted) > 10.0
+
+
+def assert_same_point_set(a: np.ndarray, b: np.ndarray) -> None:
+    distances = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    assert distances.min(1).max() < 1e-9
+
+
 # --- VSD ------------------------------------------------------------------------------------
 
 
@@ -209,6 +245,15 @@ def test_average_recall_counts_errors_strictly_below_each_threshold():
     assert average_recall([0.0, math.inf], MSSD_THRESHOLDS) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         average_recall([], MSSD_THRESHOLDS)
+
+
+def test_errors_on_the_threshold_grid_score_as_bop_toolkit_scores_them():
+    # Errors k/20: at the decimal thresholds i/20 exactly i of them are below; bop_toolkit's
+    # 3rd and 7th thresholds lie above 0.15 and 0.35, so those two errors count there too.
+    errors = [k / 20 for k in range(20)]
+    assert ar_mssd(errors, 1.0) == pytest.approx((55 + 2) / 200, abs=1e-15)
+    assert ar_vsd(np.array(errors)[:, None]) == pytest.approx((55 + 2) / 200, abs=1e-15)
+    assert ar_mspd([5.0 * k for k in range(20)], 640) == pytest.approx(55 / 200, abs=1e-15)
 
 
 def test_ar_mssd_and_mspd_normalisation():

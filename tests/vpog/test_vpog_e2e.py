@@ -40,6 +40,12 @@ def test_the_model_beats_the_random_template_baseline_on_held_out_queries(chain)
         assert (chain / EVAL / picture).stat().st_size > 1_000
 
 
+def test_the_pose_stage_given_perfect_network_outputs_recovers_the_poses(chain):
+    oracle = json.loads((chain / EVAL / "metrics.json").read_text())["oracle"]
+    assert oracle["retrieval_exact"] == 1.0  # the nearest template, by construction
+    assert oracle["AR"] > 0.8 and oracle["rotation_error_deg_median"] < 3.0, oracle
+
+
 def test_training_ran_the_hydra_config_that_params_yaml_handed_over(chain):
     config = (chain / "results/vpog/run/config.yaml").read_text()
     assert "max_epochs: 8" in config and "patch_size: 8" in config

@@ -4,13 +4,12 @@ background, determinism, texture sampling, diameters and the trimesh-less `load_
 
 import itertools
 import math
-import sys
 
 import pytest
 import torch
 
 from fresnel.vpog.mesh_render import render_mesh, sample_texture
-from fresnel.vpog.objects import box, cylinder, load_mesh, tetra
+from fresnel.vpog.objects import box, cylinder, tetra
 
 SIZE = 96
 K = torch.tensor([[330.0, 0.0, 47.0], [0.0, 320.0, 50.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
@@ -219,12 +218,6 @@ def test_texture_sampling_hits_texel_centres_and_clamps_to_the_edge():
     uv = torch.tensor([[0.125, 5 / 6], [0.625, 0.5], [0.25, 5 / 6], [-1.0, 2.0], [2.0, -1.0]])
     got = sample_texture(texture, uv)[:, 0]
     assert torch.allclose(got, torch.tensor([0.0, 6.0, 0.5, 0.0, 11.0]), atol=1e-5)
-
-
-def test_load_mesh_without_trimesh_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "trimesh", None)  # makes `import trimesh` fail
-    with pytest.raises(RuntimeError, match=r"trimesh.*pip install trimesh"):
-        load_mesh(tmp_path / "model.obj")
 
 
 def test_uv_and_texture_go_together(box_mesh):

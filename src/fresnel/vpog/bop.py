@@ -24,7 +24,7 @@ Not covered here: matching several estimates to several ground-truth instances o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,24 +32,27 @@ import numpy as np
 Symmetry = tuple[np.ndarray, np.ndarray]  # (R_s (3, 3), t_s (3,)) in object coordinates
 
 
-def _tenths(start: float) -> tuple[float, ...]:
-    return tuple(round(start * k, 10) for k in range(1, 11))
+def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """np.arange's values as eval_bop19_pose.py builds its thresholds: not exact decimals
+    (0.15000000000000002, 0.35000000000000003), which decides errors on a boundary."""
+    return tuple(float(x) for x in np.arange(start, stop, step))
 
 
 # scripts/eval_bop19_pose.py, p["errors"]: vsd_deltas (15 for every dataset except ITODD: 5).
 VSD_DELTA_MM = 15.0
 # Same place: vsd_taus = np.arange(0.05, 0.51, 0.05) with vsd_normalized_by_diameter = True.
-VSD_TAUS = _tenths(0.05)
+VSD_TAUS = _arange(0.05, 0.51, 0.05)
 # Same place, VSD correct_th: thresholds theta on the VSD error itself (a fraction of pixels).
-VSD_THETAS = _tenths(0.05)
+VSD_THETAS = _arange(0.05, 0.51, 0.05)
 # Same place, MSSD correct_th; eval_calc_scores.py divides MSSD by the object diameter.
-MSSD_THRESHOLDS = _tenths(0.05)
+MSSD_THRESHOLDS = _arange(0.05, 0.51, 0.05)
 # Same place, MSPD correct_th = np.arange(5, 51, 5) pixels; eval_calc_scores.py multiplies MSPD by
 # 640 / image_width, i.e. each threshold r is r * image_width / 640 pixels.
-MSPD_THRESHOLDS_PX = _tenths(5.0)
+MSPD_THRESHOLDS_PX = _arange(5, 51, 5)
 MSPD_REFERENCE_WIDTH_PX = 640.0
 # Same place, p["max_sym_disc_step"]; used by misc.get_symmetry_transformations.
 MAX_SYM_DISC_STEP = 0.01
+MM = 0.001  # metres per millimetre: BOP's models, poses and symmetries are in mm
 
 _Z_AXIS = (0.0, 0.0, 1.0)
 _ORIGIN = (0.0, 0.0, 0.0)
@@ -108,6 +111,37 @@ def symmetry_transformations(
     return [
         (R_c @ R_d, R_c @ t_d + t_c) for R_d, t_d in discrete_list for R_c, t_c in continuous_list
     ]
+
+
+def symmetries_from_models_info(entry: Mapping) -> list[Symmetry]:
+    """The symmetry transformations of one object's entry of BOP's `models_info.json`:
+    "symmetries_discrete" (4x4 row-major lists) and "symmetries_continuous" ({"axis",
+    "offset"}), translations and offsets in the model's unit (BOP: millimetres)."""
+    continuous = [(sym["axis"], sym["offset"]) for sym in entry.get("symmetries_continuous", ())]
+    return symmetry_transformations(entry.get("symmetries_discrete", ()), continuous)
+
+
+def move_models_info_symmetries(
+    entry: Mapping, scale: float, shift: Sequence[float] = _ORIGIN
+) -> dict | None:
+    """The symmetry keys of a `models_info.json` entry for the model moved into the frame
+    Y = scale X - shift (a mesh loaded scaled and centred): X -> R X + t becomes
+    Y -> R Y + (R shift + scale t - shift); an axis keeps its direction, its offset moves.
+    None when the entry declares no symmetry."""
+    if not entry.get("symmetries_discrete") and not entry.get("symmetries_continuous"):
+        return None
+    shift = np.asarray(shift, dtype=np.float64).reshape(3)
+    discrete = []
+    for matrix in entry.get("symmetries_discrete", ()):
+        R, t = _symmetry_from_matrix(matrix)
+        moved = np.eye(4)
+        moved[:3, :3], moved[:3, 3] = R, R @ shift + scale * t - shift
+        discrete.append(moved.reshape(-1).tolist())
+    continuous = [
+        {"axis": list(sym["axis"]), "offset": (scale * np.asarray(sym["offset"]) - shift).tolist()}
+        for sym in entry.get("symmetries_continuous", ())
+    ]
+    return {"symmetries_discrete": discrete, "symmetries_continuous": continuous}
 
 
 # --- pose errors ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ fresnel vpog_test_training_setup                      # the guide's test_trainin
 fresnel vpog_train machine=local machine.num_gpus=2   # any Hydra override
 fresnel vpog_slurm_scripts --output_dir training/scripts machine.gpus=4
 fresnel vpog_evaluate --run outputs/vpog --web_dir ... --templates_dir ... --output_dir ...
+fresnel vpog_import_gigapose --templates_dir datasets/templates/lmo --models_dir datasets/lmo/models --output_dir ...
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ def _evaluate(args) -> None:
         print(method, {k: round(v, 4) for k, v in row.items()})
 
 
+def _import_gigapose(args) -> None:
+    from fresnel.vpog.gigapose import import_templates
+
+    ids = [int(i) for i in _names(args.objects)] if args.objects else None
+    counts = import_templates(args.templates_dir, args.models_dir, args.output_dir,
+                              image_size=args.image_size, ids=ids)  # fmt: skip
+    for name, count in counts.items():
+        print(f"{name}: {count} templates in {args.output_dir}/{name}")
+
+
 def add_commands(sub) -> None:
     def overrides(p):
         p.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")
@@ -119,3 +130,14 @@ def add_commands(sub) -> None:
     p.add_argument("--max_queries", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("vpog_import_gigapose",
+                       help="VPOG: templates rendered by GigaPose, into this layout")  # fmt: skip
+    p.add_argument("--templates_dir", required=True,
+                   help="GigaPose's templates/<dataset> (object_poses/, NNNNNN/)")  # fmt: skip
+    p.add_argument("--models_dir", required=True,
+                   help="BOP's models folder: obj_NNNNNN.ply (mm), models_info.json")  # fmt: skip
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--image_size", type=int, default=224, help="square side after the crop")
+    p.add_argument("--objects", default=None, help="BOP ids, comma-separated (default: all)")
+    p.set_defaults(func=_import_gigapose)

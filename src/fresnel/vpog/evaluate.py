@@ -1,5 +1,5 @@
-"""Pose of held-out queries with a trained VPOG model, scored with BOP's AR, against a baseline
-that picks a random template and keeps everything else the same.
+"""Pose of held-out queries with a trained VPOG model, scored with BOP's AR, beside a baseline
+that picks a random template and an oracle that gives the pose stage perfect network outputs.
 
 For one query and its object's N templates:
 1. correspondences, for every template (d_ref = that template's viewing direction, S = 1):
@@ -14,9 +14,14 @@ For one query and its object's N templates:
    winner is among the S_p templates nearest to the ground truth by out-of-plane angle
    (S_p = num_positive_templates of the training config), and exact when it is the nearest.
 3. pose: the winner's PnP-RANSAC estimate, then BOP's VSD, MSSD and MSPD errors and their
-   average recalls (`fresnel.vpog.bop`; VSD's delta is 15 mm, written in metres here), plus the
-   rotation, translation and in-plane errors. A failed PnP counts as an error of infinity.
-The baseline runs steps 2-3 on a template drawn at random (seeded) instead of step 1's.
+   average recalls (`fresnel.vpog.bop`; VSD's delta is 15 mm, written in metres here; MSSD and
+   MSPD over the model's vertices and its symmetries, as bop_toolkit), plus the rotation,
+   translation and in-plane errors. A failed PnP counts as an error of infinity.
+The baseline runs steps 2-3 on a template drawn at random (seeded) instead of step 1's. The
+oracle runs step 3 on the nearest template with the ground-truth labels in place of the
+network's outputs (`oracle_correspondences`): its AR is what the pose stage reaches when the
+network is perfect, so a low AR with a high oracle AR says the network is undertrained, and a
+low oracle AR says the pose stage (or the templates) is wrong.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ import torch
 from torch import Tensor
 
 from fresnel.vpog import bop
+from fresnel.vpog.flow import BACKGROUND, compute_flow_labels
 from fresnel.vpog.geometry import in_plane_angle, out_of_plane_angle, viewing_direction
 from fresnel.vpog.lightning_module import anchor_uv, object_coordinates
 from fresnel.vpog.mesh_render import render_mesh
-from fresnel.vpog.objects import ObjectMesh, surface_points
+from fresnel.vpog.objects import ObjectMesh
 from fresnel.vpog.pose import rotation_error_deg, solve_pnp_ransac, translation_error
 
-METHODS = ("vpog", "random_template")
+METHODS = ("vpog", "random_template", "oracle")
 VSD_DELTA_M = bop.VSD_DELTA_MM / 1000.0
 CHUNK = 32  # templates matched per forward pass
 
@@ -90,26 +96,47 @@ def template_scores(logits: Tensor, query_patch_mask: Tensor) -> Tensor:
 @torch.no_grad()
 def correspondences(model, features, template: int, logits: Tensor, query_patch_mask: Tensor,
                     templates, patch_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(points_3d [M, 3] object frame, points_2d [M, 2] query pixels) for one template."""
+    """(points_3d [M, 3] object frame, points_2d [M, 2] query pixels) for one template, from
+    the model's best patch class and flow residual of each query patch."""
     out = features[template // CHUNK]
-    index = template % CHUNK
     n_patches = logits.shape[-2]
     best = logits[template].argmax(-1)  # [Nq]
+    buddy = best.clamp(max=n_patches - 1)
+    residual = model.flow(_select(out, template % CHUNK), buddy[None, None])[0, 0]  # [Nq, 2]
     use = query_patch_mask & (best < n_patches)
-    selected = _select(out, index)
-    buddy = best.clamp(max=n_patches - 1)[None, None]
-    residual = model.flow(selected, buddy)[0, 0]  # [Nq, 2]
+    return matched_points(template, buddy, residual, use, templates, patch_size)
+
+
+def oracle_correspondences(query, template: int, templates,
+                           patch_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """`correspondences` with the ground truth in place of the network: each query patch's
+    buddy label and its anchor's offset in the buddy patch (`flow.compute_flow_labels`), the
+    targets the model is trained to predict, through the same steps after it."""
+    flow = compute_flow_labels(query.depth.double(), query.mask, query.K.double(),
+                               query.pose.double(), templates.depth[template].double(),
+                               templates.mask[template], templates.K.double(),
+                               templates.poses[template].double(), patch_size)  # fmt: skip
+    labels = flow.labels.reshape(-1)
+    centre = patch_size // 2
+    residual = flow.dense_flow[:, :, centre, centre].reshape(-1, 2).nan_to_num(0.0)
+    use = (labels != BACKGROUND) & (labels < flow.unseen_label)
+    return matched_points(template, labels.clamp(min=0), residual, use, templates, patch_size)
+
+
+def matched_points(template: int, buddy: Tensor, residual: Tensor, use: Tensor, templates,
+                   patch_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The object point that `template` shows where each used query patch's match lands (its
+    buddy patch's centre + residual, patch units), paired with the query patch's anchor pixel."""
     height, width = templates.rgb.shape[-2:]
     grid_w = width // patch_size
-    centre = torch.stack(((buddy[0, 0] % grid_w + 0.5), (buddy[0, 0] // grid_w + 0.5)), -1)
+    centre = torch.stack(((buddy % grid_w + 0.5), (buddy // grid_w + 0.5)), -1)
     uv = centre * patch_size + residual * patch_size
     xyz = object_coordinates(templates.depth[template][None].double(),
                              templates.mask[template][None], templates.K[None].double(),
                              templates.poses[template][None].double())[0]  # fmt: skip
     rows = uv[:, 1].floor().long().clamp(0, height - 1)
     cols = uv[:, 0].floor().long().clamp(0, width - 1)
-    on_object = templates.mask[template][rows, cols]
-    use &= on_object
+    use = use & templates.mask[template][rows, cols]
     anchors = anchor_uv(height // patch_size, grid_w, patch_size).double()
     return xyz[rows, cols][use].numpy(), anchors[use].numpy()
 
@@ -132,9 +159,10 @@ def query_patch_mask(mask: Tensor, patch_size: int) -> Tensor:
 
 def score(
     query, template: int, points: tuple[np.ndarray, np.ndarray], templates, obj: ObjectMesh,
-    model_points: np.ndarray, nearest: int, positives: set[int], method: str, patch_size: int,
+    symmetries, nearest: int, positives: set[int], method: str, patch_size: int,
 ) -> QueryResult:  # fmt: skip
-    """PnP on the correspondences, then every error and recall of the estimate."""
+    """PnP on the correspondences, then every error and recall of the estimate. MSSD and MSPD
+    run over the model's vertices, as bop_toolkit does, and over its symmetries (or None)."""
     points_3d, points_2d = points
     K = query.K.numpy()
     R_g, t_g = query.pose[:3, :3].numpy(), query.pose[:3, 3].numpy()
@@ -151,8 +179,9 @@ def score(
     height, width = query.depth.shape
     depth_est = _render_depth(obj, query.K, estimate.R, estimate.t, width, height)
     depth_gt = _render_depth(obj, query.K, R_g, t_g, width, height)
-    scores = bop.score_pose(estimate.R, estimate.t, R_g, t_g, K, model_points, obj.diameter,
-                            depth_est, depth_gt, query.depth.numpy().astype(np.float64),
+    scores = bop.score_pose(estimate.R, estimate.t, R_g, t_g, K, obj.vertices.numpy(),
+                            obj.diameter, depth_est, depth_gt,
+                            query.depth.numpy().astype(np.float64), symmetries,
                             delta=VSD_DELTA_M)  # fmt: skip
     return QueryResult(
         **common,
@@ -180,9 +209,9 @@ def _inplane_error(R_est, R_gt, R_template: Tensor) -> float:
     return abs(math.degrees(math.atan2(math.sin(difference), math.cos(difference))))
 
 
-def evaluate_query(model, query, templates, obj: ObjectMesh, model_points: np.ndarray,
-                   patch_size: int, num_positive: int, rng: np.random.Generator) -> list[QueryResult]:  # fmt: skip
-    """One result per method (`METHODS`) for one query."""
+def evaluate_query(model, query, templates, obj: ObjectMesh, symmetries, patch_size: int,
+                   num_positive: int, rng: np.random.Generator) -> list[QueryResult]:  # fmt: skip
+    """One result per method (`METHODS`) for one query; `symmetries` of the object or None."""
     angles = out_of_plane_angle(query.pose[:3, :3].double(), templates.poses[:, :3, :3].double())
     order = torch.sort(angles, stable=True).indices
     nearest, positives = int(order[0]), {int(i) for i in order[:num_positive]}
@@ -193,15 +222,18 @@ def evaluate_query(model, query, templates, obj: ObjectMesh, model_points: np.nd
     chosen = {
         "vpog": retrieve(points, template_scores(logits, mask), query.K.numpy(), patch_size),
         "random_template": int(rng.integers(len(templates.rgb))),
+        "oracle": nearest,
     }
+    matches = {method: points[template] for method, template in chosen.items()}
+    matches["oracle"] = oracle_correspondences(query, nearest, templates, patch_size)
     return [
         score(
             query,
             template,
-            points[template],
+            matches[method],
             templates,
             obj,
-            model_points,
+            symmetries,
             nearest,
             positives,
             method,
@@ -261,8 +293,10 @@ def table_markdown(summary: dict, title: str) -> str:
 
 
 def evaluate(module, queries, templates_by_object: dict, objects: dict, out_dir: str | Path,
-             num_positive: int, seed: int = 0, progress: bool = True) -> dict:  # fmt: skip
-    """Score every query, write per_query.json, metrics.json, table.md; the summary."""
+             num_positive: int, seed: int = 0, progress: bool = True,
+             symmetries: dict | None = None) -> dict:  # fmt: skip
+    """Score every query, write per_query.json, metrics.json, table.md; the summary.
+    `symmetries`: per object id, its symmetry transformations (`fresnel.vpog.bop`), if any."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -270,12 +304,13 @@ def evaluate(module, queries, templates_by_object: dict, objects: dict, out_dir:
     module.eval()
     patch_size = int(module.cfg["model"]["patch_size"])
     rng = np.random.default_rng(seed)
-    points = {name: surface_points(obj, 1000, seed).numpy() for name, obj in objects.items()}
+    symmetries = symmetries or {}
     results = []
     for query in tqdm(list(queries), desc="vpog evaluate", disable=not progress):
         templates = templates_by_object[query.object_id]
         results += evaluate_query(module.model, query, templates, objects[query.object_id],
-                                  points[query.object_id], patch_size, num_positive, rng)  # fmt: skip
+                                  symmetries.get(query.object_id), patch_size, num_positive,
+                                  rng)  # fmt: skip
     summary = summarize(results)
     (out_dir / "per_query.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -290,7 +325,7 @@ def evaluate_run(run_dir, web_dir, templates_dir, out_dir, max_queries: int | No
     from itertools import islice
 
     from fresnel.vpog.lightning_module import VPOGModule
-    from fresnel.vpog.synthetic import load_objects
+    from fresnel.vpog.synthetic import load_objects, load_symmetries
     from fresnel.vpog.templates import load_templates
     from fresnel.vpog.train import LAST_CHECKPOINT
     from fresnel.vpog.webdata import read_shards
@@ -304,8 +339,9 @@ def evaluate_run(run_dir, web_dir, templates_dir, out_dir, max_queries: int | No
     queries = [q for q in read_shards(web_dir) if q.object_id in objects]
     queries = list(islice(queries, max_queries))
     num_positive = int(module.cfg["data"]["dataloader"]["num_positive_templates"])
+    symmetries = {name: load_symmetries(templates_dir, name) for name in objects}
     summary, results = evaluate(module, queries, templates, objects, out_dir, num_positive, seed,
-                                progress)  # fmt: skip
+                                progress, symmetries)  # fmt: skip
     chosen = {r.key: r.template for r in results if r.method == "vpog"}
     shown = queries[:4]
     save_figures(module, shown, [chosen[q.key] for q in shown], templates, Path(out_dir))

@@ -117,12 +117,8 @@ def load_mesh(path: str | Path, *, scale: float = 1.0, center: bool = False) -> 
     moved so that their bounding box is centred at the origin (leave it off to keep a dataset's
     object frame). A mesh without a textured material gets its main colour as a 1x1 texture.
     """
-    try:
-        import trimesh
-    except ImportError:
-        raise RuntimeError(
-            "load_mesh needs the trimesh package, which is not installed: pip install trimesh"
-        ) from None
+    import trimesh
+
     mesh = trimesh.load(str(path), force="mesh", process=False)
     vertices = torch.as_tensor(mesh.vertices, dtype=torch.float64) * scale
     if center:
@@ -152,21 +148,6 @@ def load_object(path: str | Path) -> ObjectMesh:
             f"{path}: not an object mesh written by save_object ({exc}); rerun the stage "
             "that renders the templates"
         ) from None
-
-
-def surface_points(obj: ObjectMesh, count: int = 1000, seed: int = 0) -> Tensor:
-    """(count, 3) float64 points uniform on the mesh surface (area-weighted faces, uniform
-    barycentrics), seeded: BOP's MSSD / MSPD model points for meshes with few vertices."""
-    generator = torch.Generator().manual_seed(seed)
-    corners = obj.vertices.double()[obj.faces]  # (F, 3, 3)
-    areas = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]).norm(
-        dim=-1
-    )
-    faces = torch.multinomial(areas, count, replacement=True, generator=generator)
-    r1, r2 = torch.rand(2, count, 1, generator=generator, dtype=torch.float64)
-    root = r1.sqrt()
-    a, b, c = corners[faces].unbind(1)
-    return (1 - root) * a + root * (1 - r2) * b + root * r2 * c
 
 
 def diameter(vertices: Tensor, chunk: int = 4096) -> float:
