@@ -13,6 +13,7 @@ from fresnel.vpog.config import (
     training_datasets,
 )
 from fresnel.vpog.slurm import MULTI_NODE, SINGLE_NODE, write_scripts
+from fresnel.vpog.train import train
 from fresnel.vpog.visualize import flow_to_rgb, hsv_to_rgb
 
 
@@ -44,6 +45,40 @@ def test_bad_configs_are_one_line_naming_the_key():
         compose(["data.dataloader.image_size=100"])
     with pytest.raises(VPOGConfigError, match="needs 2 entries"):
         training_datasets(compose(["train_dataset_id=2", "data.dataloader.datasets=[{name:x}]"]))
+
+
+BAD_CONFIGS = {
+    "max_epochs=-1": "max_epochs=-1: must be a whole number >= 1",
+    "machine.batch_size=0": "machine.batch_size=0: must be a whole number >= 1",
+    "data.dataloader.image_size=0": "data.dataloader.image_size=0: must be a whole number >= 1",
+    "data.dataloader.patch_size=0": "data.dataloader.patch_size=0: must be a whole number >= 1",
+    "optimizer.lr=-1": "optimizer.lr=-1: must be a finite number > 0",
+    "optimizer.lr=nan": "optimizer.lr=nan: must be a finite number > 0",
+    "max_epochs=2.5": "max_epochs=2.5: must be a whole number >= 1",
+    "model.encoder_weights=weights/no_such_dinov2.pth": "no such file; give a CroCo or DINOv2",
+    "machine.nope=1": "use +machine.nope=1",  # Hydra's own hint, kept
+}
+
+
+@pytest.mark.parametrize("override", BAD_CONFIGS)
+def test_each_bad_value_is_refused_in_one_line_naming_the_key(override):
+    with pytest.raises(VPOGConfigError) as error:
+        compose([override])
+    assert BAD_CONFIGS[override] in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_onnx_export_is_not_taken_for_encoder_weights(tmp_path):
+    export = tmp_path / "dinov2_small.onnx"
+    export.write_bytes(b"onnx")
+    with pytest.raises(VPOGConfigError, match="an ONNX export has no trainable weights"):
+        compose([f"model.encoder_weights={export}"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
+def test_the_slurm_machine_without_a_gpu_is_one_line_before_lightning_starts(tmp_path):
+    with pytest.raises(VPOGConfigError, match="torch sees none here; on this machine use"):
+        train(compose(["machine=slurm", f"save_dir={tmp_path}"]), progress=False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_train_dataset_id_picks_the_guides_datasets():

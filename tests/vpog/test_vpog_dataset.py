@@ -1,6 +1,7 @@
 """VPOGDataset and its loader on one box: shapes, the self-template's exact labels, nearest
 positives, reproducible selection, dropped bad samples and distributed sampling."""
 
+import dataclasses
 import io
 import logging
 import math
@@ -194,6 +195,36 @@ def test_bad_samples_are_dropped_without_a_crash(data, caplog):
     batch = next(iter(NoneFilteringDataLoader(dataset, batch_size=4)))
     assert batch.keys == keys  # the two good ones of the four
     assert collate_vpog([None, None]) is None
+
+
+def _scaled_rotation(sample):
+    pose = sample.pose.clone()
+    pose[:3, :3] *= 2
+    return {"pose": pose}
+
+
+BAD_QUERIES = {
+    "all-zero K": lambda q: dataclasses.replace(q, K=torch.zeros(3, 3, dtype=torch.float64)),
+    "NaN in K": lambda q: dataclasses.replace(q, K=q.K.clone().fill_diagonal_(math.nan)),
+    "negative focal length": lambda q: dataclasses.replace(q, K=q.K * torch.tensor([[-1.0], [1.0], [1.0]], dtype=torch.float64)),
+    "NaN in the pose": lambda q: dataclasses.replace(q, pose=q.pose.clone().fill_(math.nan)),
+    "pose that is not a rotation": lambda q: dataclasses.replace(q, **_scaled_rotation(q)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_QUERIES)
+def test_a_bad_query_is_skipped_with_one_line_and_the_rest_train(data, bad, tmp_path, caplog):
+    root, _ = data
+    good = render_queries(box(), 2, image_size=SIZE, seed=21)
+    broken = BAD_QUERIES[bad](render_queries(box(), 1, image_size=SIZE, seed=22)[0])
+    write_shards([good[0], broken, good[1]], tmp_path / "web", samples_per_shard=10)
+    caplog.set_level(logging.WARNING)
+    dataset = VPOGDataset(tmp_path / "web", root / "templates", num_positive_templates=SP,
+                          num_negative_templates=SN, patch_size=PATCH, image_size=SIZE)  # fmt: skip
+    keys = [key for batch in NoneFilteringDataLoader(dataset, batch_size=2) for key in batch.keys]
+    assert keys == [good[0].key, good[1].key]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and broken.key in warnings[0] and "\n" not in warnings[0]
 
 
 def test_too_few_foreground_patches_drop_the_sample(data):

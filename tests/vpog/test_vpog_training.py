@@ -1,7 +1,9 @@
 """VPOG's training loop: Lightning fast_dev_run, 2-process gloo DDP, overfitting one batch,
 resume, the setup check and the debug pictures, on tiny synthetic data."""
 
+import csv
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ from fresnel.vpog.dataset import NoneFilteringDataLoader
 from fresnel.vpog.lightning_module import VPOGModule, object_coordinates, sample_bilinear
 from fresnel.vpog.setup_check import run_checks
 from fresnel.vpog.synthetic import render_object_templates, write_synthetic_split
-from fresnel.vpog.train import LAST_CHECKPOINT, make_dataset, train
+from fresnel.vpog.train import LAST_CHECKPOINT, METRICS_CSV, make_dataset, train
 
 IMAGE, PATCH = 32, 8
 
@@ -88,6 +90,41 @@ def test_a_rerun_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
     assert second["global_step"] == 2 * first["global_step"]
     assert (tmp_path / "curves.png").stat().st_size > 5_000
     assert "train_dataset_id: 0" in (tmp_path / "config.yaml").read_text()
+
+
+KILLED_IN_EPOCH_2 = """
+import os, signal, sys
+from lightning.pytorch.callbacks import ModelCheckpoint
+from fresnel.vpog.config import compose
+from fresnel.vpog.train import train
+
+after_batch = ModelCheckpoint.on_train_batch_end
+
+def killed_in_epoch_2(self, trainer, module, outputs, batch, batch_idx):
+    after_batch(self, trainer, module, outputs, batch, batch_idx)
+    if trainer.current_epoch == 2 and batch_idx == 1:  # rows of epoch 2 are on disk by now
+        os.kill(os.getpid(), signal.SIGKILL)
+
+ModelCheckpoint.on_train_batch_end = killed_in_epoch_2
+train(compose(sys.argv[1:]), progress=False)
+"""
+
+
+def test_a_run_killed_after_an_epoch_resumes_to_the_uninterrupted_metrics_row_for_row(
+    tiny_data, tmp_path
+):
+    epochs = 4
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    train(compose(tiny_overrides(tiny_data, whole, f"max_epochs={epochs}")), progress=False)
+    overrides = tiny_overrides(tiny_data, killed, f"max_epochs={epochs}")
+    run = subprocess.run([sys.executable, "-c", KILLED_IN_EPOCH_2, *overrides],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert torch.load(killed / LAST_CHECKPOINT, weights_only=False)["epoch"] == 1
+    train(compose(overrides), progress=False)
+    assert (killed / METRICS_CSV).read_text() == (whole / METRICS_CSV).read_text()
+    with (whole / METRICS_CSV).open(newline="") as file:
+        assert {row["epoch"] for row in csv.DictReader(file)} == {str(e) for e in range(epochs)}
 
 
 def test_visualization_writes_the_debug_pictures(tiny_data, tmp_path):

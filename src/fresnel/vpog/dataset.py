@@ -328,3 +328,36 @@ class NoneFilteringDataLoader(DataLoader):
                 self.skipped_batches += 1
                 continue
             yield batch
+
+
+@dataclass(frozen=True)
+class WebDataloader:
+    """Where the guide's loop finds the samples: `dataset.web_dataloader.datapipeline`."""
+
+    datapipeline: Dataset
+
+
+class VPOGTrainDataset:
+    """The training samples as the guide's Python usage builds them:
+
+        dataset = instantiate(cfg.data.dataloader)   # this class: configs/data/vpog_data.yaml
+        loader = NoneFilteringDataLoader(dataset.web_dataloader.datapipeline,
+                                         batch_size=cfg.machine.batch_size,
+                                         num_workers=cfg.machine.num_workers,
+                                         collate_fn=dataset.collate_fn)
+
+    The datasets `train_dataset_id` picks (one VPOGDataset each, concatenated); `val_web_dir`
+    is the validation split's, which this object leaves to the training loop."""
+
+    collate_fn = staticmethod(collate_vpog)
+
+    def __init__(self, datasets: Sequence, train_dataset_id: int = 0,
+                 val_web_dir: str | None = None, **options) -> None:  # fmt: skip
+        from torch.utils.data import ConcatDataset
+
+        from fresnel.vpog.config import select_datasets
+
+        parts = [VPOGDataset(entry["web_dir"], entry["templates_dir"], **options)
+                 for entry in select_datasets(datasets, train_dataset_id)]  # fmt: skip
+        self.val_web_dir = val_web_dir
+        self.web_dataloader = WebDataloader(parts[0] if len(parts) == 1 else ConcatDataset(parts))

@@ -20,16 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DistributedSampler
 
 from fresnel.vpog.config import (
+    check_accelerator,
     hydra_value,
     overrides_from_params,
     to_yaml,
     trainer_kwargs,
     training_datasets,
 )
-from fresnel.vpog.dataset import NoneFilteringDataLoader, VPOGDataset
+from fresnel.vpog.dataset import NoneFilteringDataLoader, VPOGDataset, VPOGTrainDataset
 
 log = logging.getLogger("fresnel.vpog")
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
+METRICS_CSV = "logs/version_0/metrics.csv"
 
 
 ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "mps": "mps"}
@@ -50,21 +52,18 @@ def dag_overrides(section: dict, queries: str, templates: str, save_dir, target:
 
 
 def make_dataset(cfg: DictConfig, web_dir: str, templates_dir: str) -> VPOGDataset:
-    loader = cfg.data.dataloader
-    return VPOGDataset(
-        web_dir,
-        templates_dir,
-        num_positive_templates=loader.num_positive_templates,
-        num_negative_templates=loader.num_negative_templates,
-        patch_size=loader.patch_size,
-        image_size=loader.image_size,
-        selection_mode=loader.selection_mode,
-        negative_min_angle_deg=loader.negative_min_angle_deg,
-        positive_max_angle_deg=loader.positive_max_angle_deg,
-        seed=cfg.seed,
-        min_foreground_patches=loader.min_foreground_patches,
-        d_ref_source=loader.d_ref_source,
-    )
+    """One VPOGDataset with the config's options, as `instantiate(cfg.data.dataloader)` builds
+    each of its datasets."""
+    dataset = {"web_dir": str(web_dir), "templates_dir": str(templates_dir)}
+    return train_dataset(cfg, datasets=[dataset], train_dataset_id=0)
+
+
+def train_dataset(cfg: DictConfig, **changes) -> VPOGDataset | ConcatDataset:
+    """What `instantiate(cfg.data.dataloader).web_dataloader.datapipeline` gives, built here
+    rather than through Hydra, which would wrap a missing folder's one-line error."""
+    options = OmegaConf.to_container(cfg.data.dataloader, resolve=True)
+    del options["_target_"]
+    return VPOGTrainDataset(**{**options, **changes}).web_dataloader.datapipeline
 
 
 class VPOGDataModule(L.LightningDataModule):
@@ -80,8 +79,7 @@ class VPOGDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         entries = training_datasets(self.cfg)
-        parts = [make_dataset(self.cfg, e.web_dir, e.templates_dir) for e in entries]
-        self.train_set = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        self.train_set = train_dataset(self.cfg)
         val_dir = self.cfg.data.dataloader.val_web_dir
         if val_dir:
             self.val_set = make_dataset(self.cfg, val_dir, entries[0].templates_dir)
@@ -116,10 +114,10 @@ class VPOGDataModule(L.LightningDataModule):
 def train(cfg: DictConfig, progress: bool = True) -> dict:
     """Train to `cfg.max_epochs` (resuming from `save_dir`'s last checkpoint); the stats."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from fresnel.vpog.lightning_module import VPOGModule
 
+    check_accelerator(cfg)
     save_dir = Path(cfg.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -139,7 +137,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     trainer = L.Trainer(
         **kwargs,
         default_root_dir=save_dir,
-        logger=CSVLogger(save_dir, name="logs", version=0),
+        logger=history_logger(save_dir, resume),
         callbacks=[checkpoints],
         use_distributed_sampler=False,
         enable_progress_bar=progress,
@@ -150,8 +148,33 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     stats.update(epochs=int(trainer.current_epoch), global_step=int(trainer.global_step),
                  encoder=module.model.encoder_source, world_size=int(trainer.world_size))  # fmt: skip
     if trainer.global_rank == 0 and not cfg.fast_dev_run:
-        plot_metrics(save_dir / "logs" / "version_0" / "metrics.csv", save_dir / "curves.png")
+        plot_metrics(save_dir / METRICS_CSV, save_dir / "curves.png")
     return stats
+
+
+def history_logger(save_dir: Path, resume: Path | None):
+    """Lightning's CSV log, holding on a resume the rows of the epochs the checkpoint
+    finished (CSVLogger deletes an existing metrics.csv as it starts; rows that a killed run
+    logged after its last checkpoint are dropped, as the resumed run logs them again)."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    metrics = save_dir / METRICS_CSV
+    kept, columns = [], []
+    if resume is not None and metrics.is_file():
+        checkpoint = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)
+        finished = int(checkpoint["epoch"])
+        with metrics.open(newline="") as file:
+            reader = csv.DictReader(file)
+            columns = list(reader.fieldnames or [])
+            kept = [row for row in reader if int(float(row["epoch"])) <= finished]
+    # every row on disk as it is logged, so a killed run keeps what its checkpoint covers
+    logger = CSVLogger(save_dir, name="logs", version=0, flush_logs_every_n_steps=1)
+    if kept:
+        writer = logger.experiment  # made now: it deletes the old file, then keeps these rows
+        writer.metrics_keys, writer.metrics = columns, kept
+    return logger
 
 
 def plot_metrics(metrics_csv: Path, path: Path) -> None:

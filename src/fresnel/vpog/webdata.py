@@ -329,6 +329,11 @@ def _camera_data(value) -> tuple[Tensor, tuple[int, int] | None, Tensor]:
         raise ValueError(f"camera_data.json: bad K or resolution ({exc})") from None
     if K.shape != (3, 3) or not torch.isfinite(K).all():
         raise ValueError(f"camera_data.json: K must be a finite 3x3, got {value['K']}")
+    last_row = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and torch.allclose(K[2], last_row)):
+        raise ValueError(
+            f"camera_data.json: K {value['K']} is not a pinhole (fx, fy > 0, last row 0 0 1)"
+        )
     TWC = as_transform(value.get("TWC", np.eye(4).tolist()), "TWC")
     return K, resolution, TWC
 
@@ -346,6 +351,9 @@ def as_transform(value, name: str) -> Tensor:
         raise ValueError(f"{name} is not a finite 4x4 transform")
     if not torch.allclose(matrix[3], bottom):
         raise ValueError(f"{name}'s last row is not (0, 0, 0, 1)")
+    R = matrix[:3, :3]
+    if not torch.allclose(R @ R.T, torch.eye(3, dtype=R.dtype), atol=1e-4) or torch.det(R) < 0:
+        raise ValueError(f"{name}'s upper-left 3x3 is not a rotation")
     return matrix
 
 
