@@ -79,15 +79,20 @@ def test_face_frames_orthonormal_right_handed():
     tri = vertices[faces]
     torch.testing.assert_close(centers, tri.mean(1))
     normals = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
-    torch.testing.assert_close(rot[..., 2], normals / normals.norm(dim=-1, keepdim=True))
+    # GaussianAvatars' frame: columns (edge, normal, edge x normal)
+    torch.testing.assert_close(rot[..., 1], normals / normals.norm(dim=-1, keepdim=True))
+    edges = tri[:, 1] - tri[:, 0]
+    torch.testing.assert_close(rot[..., 0], edges / edges.norm(dim=-1, keepdim=True))
     assert (scales > 0).all()
 
 
 def test_face_frame_known_triangle():
-    """Edge (2, 0, 0), height 1: frame = identity, scale = (2 + 1) / 2."""
+    """Edge (2, 0, 0), height 1 in the xy plane: columns x, the normal z and x cross z = -y;
+    scale = (2 + 1) / 2."""
     vertices = torch.tensor([[0.0, 0, 0], [2, 0, 0], [0.5, 1, 0]], dtype=F64)
     rot, center, scale = face_frames(vertices, torch.tensor([[0, 1, 2]]))
-    torch.testing.assert_close(rot[0], torch.eye(3, dtype=F64))
+    expected = torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=F64)
+    torch.testing.assert_close(rot[0], expected)
     torch.testing.assert_close(center[0], torch.tensor([2.5 / 3, 1 / 3, 0], dtype=F64))
     torch.testing.assert_close(scale[0], torch.tensor(1.5, dtype=F64))
 
@@ -140,7 +145,8 @@ def test_on_mesh_places_gaussians_inside_their_faces():
     assert len(model) == 4 * len(faces)
     assert model.sh.shape == (len(model), 16, 3)
     assert (model.per_face_counts() == 4).all()
-    torch.testing.assert_close(model.local_means[:, 2], torch.zeros(len(model), dtype=F64))
+    # on the face: no offset along the normal, which is the local y axis
+    torch.testing.assert_close(model.local_means[:, 1], torch.zeros(len(model), dtype=F64))
     means, _, quats = model.world(vertices, faces)
     tri = vertices[faces[model.face_ids]]
     # barycentric coordinates of each mean in its own triangle: all in [0, 1]

@@ -37,23 +37,24 @@ class FaceFrames(NamedTuple):
 
 
 def face_frames(vertices: Tensor, faces: Tensor) -> FaceFrames:
-    """The frame of each triangle (v0, v1, v2) of a (..., V, 3) mesh.
+    """The frame of each triangle (v0, v1, v2) of a (..., V, 3) mesh, GaussianAvatars' own
+    (`compute_face_orientation` in its utils/graphics_utils.py), so that local parameters mean
+    the same here and in every GaussianAvatars tool.
 
-    Axes: e = (v1 - v0)/|v1 - v0|, n = the unit normal (right-hand rule over v0, v1, v2) and
-    n x e, as the columns (e, n x e, n): right-handed (det +1), with the local z axis along the
-    normal, so a Gaussian flat in local z is flat on the surface. Center: the centroid. Scale:
-    the mean of |v1 - v0| and the triangle's height over that edge, as in GaussianAvatars;
-    both grow linearly with a uniform mesh scale, which is what makes the Gaussians scale with
-    the mesh.
+    Axes, as the columns: e = (v1 - v0)/|v1 - v0|, n = the unit normal (right-hand rule over
+    v0, v1, v2), and e x n, in the triangle's plane: (e, n, e x n), right-handed (det +1); the
+    local y axis is the normal. Center: the centroid. Scale: the mean of |v1 - v0| and the
+    triangle's height over that edge; both grow linearly with a uniform mesh scale, which is
+    what makes the Gaussians scale with the mesh.
     """
     tri = vertices[..., faces, :]  # (..., F, 3 corners, 3)
     v0, v1, v2 = tri.unbind(-2)
     edge, other = v1 - v0, v2 - v0
     e = F.normalize(edge, dim=-1)
     n = F.normalize(torch.linalg.cross(edge, other, dim=-1), dim=-1)
-    b = torch.linalg.cross(n, e, dim=-1)
-    rotations = torch.stack((e, b, n), dim=-1)
-    height = (other * b).sum(-1).abs()
+    in_plane = torch.linalg.cross(e, n, dim=-1)
+    rotations = torch.stack((e, n, in_plane), dim=-1)
+    height = (other * in_plane).sum(-1).abs()
     scales = 0.5 * (edge.norm(dim=-1) + height)
     return FaceFrames(rotations, tri.mean(-2), scales)
 

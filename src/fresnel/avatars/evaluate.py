@@ -67,7 +67,9 @@ def load_model(model_dir, iteration: int = -1, source=None, target: str = "cpu")
     model = AvatarTraining(load_scene(source, options.flame_model_path, options.flame_masks_path),
                            options, resolve(target))  # fmt: skip
     folder = point_cloud_dir(model_dir, iteration)
-    model.gaussians = load_ply(folder / "point_cloud.ply").to(model.device)
+    model.gaussians = load_ply(folder / "point_cloud.ply", model.gaussians.num_faces).to(
+        model.device
+    )
     model.params = HeadParams.load_npz(folder / "flame_param.npz").to(model.device)
     if model.calibration is not None:
         state = torch.load(folder / "color_calibration.pth", map_location="cpu", weights_only=True)

@@ -180,9 +180,17 @@ class HeadParams:
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.as_dict().items()}
 
-    def save_npz(self, path: str | Path) -> None:
-        """Write the seven keys to `path` (float32, deterministic bytes, atomic)."""
-        write_bytes(path, npz_bytes(self.to_numpy()))
+    def save_npz(self, path: str | Path, num_vertices: int | None = None) -> None:
+        """Write the seven keys to `path` (float32, deterministic bytes, atomic). With the
+        mesh's `num_vertices`, also GaussianAvatars' `static_offset` (1, V, 3) and
+        `dynamic_offset` (T, V, 3), which its `select_mesh_by_timestep` reads: zeros, the
+        offsets this package's heads are posed with."""
+        arrays = self.to_numpy()
+        if num_vertices is not None:
+            steps = self.expr.shape[0]
+            arrays["static_offset"] = np.zeros((1, num_vertices, 3), np.float32)
+            arrays["dynamic_offset"] = np.zeros((steps, num_vertices, 3), np.float32)
+        write_bytes(path, npz_bytes(arrays))
 
     @classmethod
     def load_npz(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> HeadParams:

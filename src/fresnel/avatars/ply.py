@@ -1,10 +1,17 @@
-"""GaussianAvatars point clouds: `point_cloud/iteration_N/point_cloud.ply` in the 3DGS layout.
+"""GaussianAvatars point clouds: `point_cloud/iteration_N/point_cloud.ply`, upstream's format.
 
-Like GaussianAvatars, the file holds the *local* (face-frame) parameters of `BoundGaussians`
-plus an int32 `binding` column (each Gaussian's face id), so a viewer that has the mesh can
-animate it. Columns, in order: x y z, nx ny nz (zeros, as 3DGS writes), f_dc_*, f_rest_* (3DGS
-order: per channel, all higher-order coefficients), opacity (logit), scale_0..2 (log), rot_0..3
-(w first), binding. A `comment num_faces F` header line lets `load_ply` rebuild the model.
+As GaussianAvatars' `GaussianModel.save_ply` writes it (ShenhanQian/GaussianAvatars,
+scene/gaussian_model.py): one binary little-endian `element vertex`, every property a float,
+in the order x y z, nx ny nz (zeros), f_dc_*, f_rest_* (per channel, all higher-order
+coefficients), opacity (logit), scale_0..2 (log), rot_0..3 (w first, unnormalised),
+binding_0 (each Gaussian's face id, as a float). The values are the *local* (face-frame)
+parameters of `BoundGaussians`, in GaussianAvatars' face frame (`binding.face_frames`), so
+upstream's `load_ply` (its `local_viewer.py --point_path`) places them as this package does.
+The file does not hold the mesh's face count: `load_ply` takes it from the caller.
+
+Files this package wrote before it adopted upstream's layout (an int `binding` column, a
+`comment num_faces F` line, a face frame with the normal as local z) still load: their local
+parameters are carried into the current frame, so they render as they were trained.
 
 The header is parsed here (numpy structured dtype + frombuffer) rather than with plyfile, to
 keep the dependency list short.
@@ -22,6 +29,7 @@ import torch
 
 from fresnel.avatars.binding import BoundGaussians
 from fresnel.io import atomic_path
+from fresnel.render.projection import quat_multiply
 
 END_HEADER = b"end_header\n"
 FORMAT_LINE = "format binary_little_endian 1.0"
@@ -32,8 +40,11 @@ PLY_TYPES = {
     "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }  # fmt: skip
-TYPE_NAMES = {"f4": "float", "i4": "int"}
 MAX_HEADER_BYTES = 1 << 16
+# The legacy frame (e, n x e, n) is GaussianAvatars' (e, n, e x n) turned by +90 degrees about
+# local x; its local parameters come into the current frame by the inverse turn.
+LEGACY_TO_CURRENT = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+LEGACY_TO_CURRENT_QUAT = torch.tensor([math.sqrt(0.5), -math.sqrt(0.5), 0.0, 0.0])
 
 
 def property_names(channels: int, rest: int) -> list[str]:
@@ -45,7 +56,7 @@ def property_names(channels: int, rest: int) -> list[str]:
         "opacity",
         *(f"scale_{i}" for i in range(3)),
         *(f"rot_{i}" for i in range(4)),
-        "binding",
+        "binding_0",
     ]
 
 
@@ -55,20 +66,21 @@ def save_ply(path: str | os.PathLike, gaussians: BoundGaussians) -> Path:
     table = np.empty(len(gaussians), dtype=[(name, col.dtype) for name, col in columns.items()])
     for name, col in columns.items():
         table[name] = col
-    header = _header(table.dtype, len(table), gaussians.num_faces)
+    header = _header(table.dtype, len(table))
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(header + table.tobytes())
     return path
 
 
-def load_ply(path: str | os.PathLike) -> BoundGaussians:
-    """Read a PLY written by `save_ply` (or any 3DGS PLY with `binding` and the comment line).
+def load_ply(path: str | os.PathLike, num_faces: int | None = None) -> BoundGaussians:
+    """Read a GaussianAvatars PLY (upstream's or `save_ply`'s) bound to a mesh of `num_faces`
+    triangles (None: only a legacy file, which names its face count, may omit it).
 
     Raises ValueError naming the file and what is missing when it is not such a PLY."""
     path = Path(path)
     data = path.read_bytes()
-    count, dtype, num_faces = _parse_header(path, data)
+    count, dtype, legacy_faces = _parse_header(path, data)
     body = data[data.index(END_HEADER) + len(END_HEADER) :]
     if len(body) < count * dtype.itemsize:
         raise ValueError(
@@ -76,7 +88,20 @@ def load_ply(path: str | os.PathLike) -> BoundGaussians:
             f"for {count} vertices"
         )
     table = np.frombuffer(body, dtype=dtype, count=count)
-    return _gaussians(path, table, num_faces)
+    num_faces = num_faces if num_faces is not None else legacy_faces
+    if num_faces is None:
+        raise ValueError(f"{path}: the mesh's face count is needed to bind it (num_faces)")
+    gaussians = _gaussians(path, table, num_faces)
+    return _from_legacy_frame(gaussians) if "binding" in dtype.names else gaussians
+
+
+def _from_legacy_frame(gaussians: BoundGaussians) -> BoundGaussians:
+    """The same world Gaussians with local parameters in the current face frame."""
+    with torch.no_grad():
+        gaussians.local_means.copy_(gaussians.local_means @ LEGACY_TO_CURRENT.T)
+        turn = LEGACY_TO_CURRENT_QUAT.expand_as(gaussians.local_quats)
+        gaussians.local_quats.copy_(quat_multiply(turn, gaussians.local_quats))
+    return gaussians
 
 
 def _columns(gaussians: BoundGaussians) -> dict[str, np.ndarray]:
@@ -98,19 +123,18 @@ def _columns(gaussians: BoundGaussians) -> dict[str, np.ndarray]:
     floats = np.concatenate(blocks, axis=1)
     names = property_names(sh.shape[2], rest.shape[1])
     columns = {name: floats[:, i].astype("<f4") for i, name in enumerate(names[:-1])}
-    columns["binding"] = gaussians.face_ids.detach().cpu().numpy().astype("<i4")
+    columns["binding_0"] = gaussians.face_ids.detach().cpu().numpy().astype("<f4")
     return columns
 
 
-def _header(dtype: np.dtype, count: int, num_faces: int) -> bytes:
-    lines = ["ply", FORMAT_LINE, f"comment num_faces {num_faces}", f"element vertex {count}"]
-    for name in dtype.names:
-        lines.append(f"property {TYPE_NAMES[dtype[name].str[1:]]} {name}")
+def _header(dtype: np.dtype, count: int) -> bytes:
+    lines = ["ply", FORMAT_LINE, f"element vertex {count}"]
+    lines += [f"property float {name}" for name in dtype.names]
     return ("\n".join(lines) + "\n").encode("ascii") + END_HEADER
 
 
-def _parse_header(path: Path, data: bytes) -> tuple[int, np.dtype, int]:
-    """(vertex count, structured dtype of a vertex row, num_faces) from the header."""
+def _parse_header(path: Path, data: bytes) -> tuple[int, np.dtype, int | None]:
+    """(vertex count, structured dtype of a vertex row, a legacy file's num_faces comment)."""
     end = data.find(END_HEADER, 0, MAX_HEADER_BYTES)
     if not data.startswith(b"ply\n") or end < 0:
         raise ValueError(f"{path}: not a PLY file (missing 'ply' magic or 'end_header')")
@@ -130,8 +154,6 @@ def _parse_header(path: Path, data: bytes) -> tuple[int, np.dtype, int]:
             fields.append(_field(path, words))
     if count is None:
         raise ValueError(f"{path}: missing 'element vertex N' in the PLY header")
-    if num_faces is None:
-        raise ValueError(f"{path}: missing 'comment num_faces F' in the PLY header")
     try:
         dtype = np.dtype(fields)
     except ValueError as exc:  # e.g. a property named twice
@@ -155,7 +177,7 @@ def _field(path: Path, words: list[str]) -> tuple[str, str]:
 
 def _gaussians(path: Path, table: np.ndarray, num_faces: int) -> BoundGaussians:
     channels, k = _sh_layout(path, set(table.dtype.names))
-    binding = table["binding"].astype(np.int64)
+    binding = _binding(path, table)
     if len(binding) and not (binding.min() >= 0 and binding.max() < num_faces):
         raise ValueError(f"{path}: binding outside 0..{num_faces - 1} (num_faces {num_faces})")
     n = len(table)
@@ -173,11 +195,23 @@ def _gaussians(path: Path, table: np.ndarray, num_faces: int) -> BoundGaussians:
     )
 
 
+def _binding(path: Path, table: np.ndarray) -> np.ndarray:
+    """Each Gaussian's face id: upstream's float `binding_0`, or a legacy int `binding`."""
+    names = table.dtype.names
+    column = "binding_0" if "binding_0" in names else "binding" if "binding" in names else None
+    if column is None:
+        raise ValueError(f"{path}: missing PLY property binding_0 (each Gaussian's face id)")
+    values = table[column]
+    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+        raise ValueError(f"{path}: {column} holds values that are not face ids")
+    return values.astype(np.int64)
+
+
 def _sh_layout(path: Path, names: set[str]) -> tuple[int, int]:
     """(channels C, coefficients K) from the f_dc_* / f_rest_* counts; checks every column."""
     channels = _count_prefixed(names, "f_dc_")
     rest = _count_prefixed(names, "f_rest_")
-    missing = [name for name in property_names(channels, rest) if name not in names]
+    missing = [name for name in property_names(channels, rest)[:-1] if name not in names]
     if channels == 0 or missing:
         raise ValueError(f"{path}: missing PLY properties: {', '.join(missing or ['f_dc_0'])}")
     k = 1 + rest // channels

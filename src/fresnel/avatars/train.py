@@ -42,12 +42,12 @@ from fresnel.device import Target
 from fresnel.io import write_bytes, write_json
 from fresnel.render import TileBasedRenderer, sh
 from fresnel.training.amp import Amp, check_finite
-from fresnel.training.checkpoint import read_checkpoint, serialize
+from fresnel.training.checkpoint import CheckpointError, read_checkpoint, serialize
 from fresnel.training.runlog import Panel, RunLog
 
 log = logging.getLogger("fresnel")
 
-FORMAT = "fresnel.avatars/1"
+FORMAT = "fresnel.avatars/2"  # 2: local parameters in GaussianAvatars' face frame
 CHECKPOINT = re.compile(r"chkpnt(\d+)\.pth")
 HEAD_LRS = {"expr": "flame_expr_lr", "rotation": "flame_pose_lr", "neck_pose": "flame_pose_lr",
             "jaw_pose": "flame_pose_lr", "eyes_pose": "flame_pose_lr",
@@ -319,8 +319,14 @@ class AvatarTraining:
         }
 
     def restore(self, state: dict, source: Path) -> None:
+        if state.get("format") == "fresnel.avatars/1":
+            raise CheckpointError(
+                f"{source}: written before this package took GaussianAvatars' face frame, so "
+                "its local parameters would land elsewhere; retrain, or render its "
+                "point_cloud/iteration_N/point_cloud.ply, which loads converted"
+            )
         if state.get("format") != FORMAT:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: not a GaussianAvatars checkpoint (format {state.get('format')!r})"
             )
         self.gaussians = BoundGaussians.from_state_dict(state["gaussians"], state["num_faces"]).to(
@@ -348,7 +354,7 @@ class AvatarTraining:
     def save_point_cloud(self, model_dir) -> Path:
         folder = point_cloud_dir(model_dir, self.iteration)
         save_ply(folder / "point_cloud.ply", self.gaussians)
-        self.params.detach().save_npz(folder / "flame_param.npz")
+        self.params.detach().save_npz(folder / "flame_param.npz", self.head.num_vertices)
         if self.calibration is not None:
             write_bytes(folder / "color_calibration.pth", serialize(self.calibration.state_dict()))
         return folder
