@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from fresnel.avatars import options as opts
 from fresnel.avatars.data import SyntheticConfig, write_synthetic
@@ -18,7 +20,8 @@ from fresnel.avatars.scene import load_scene
 from fresnel.avatars.train import AvatarTraining, exponential_lr, latest_checkpoint, train
 from fresnel.cli import main
 from fresnel.device import resolve
-from fresnel.training.checkpoint import read_checkpoint
+from fresnel.io import write_bytes
+from fresnel.training.checkpoint import read_checkpoint, serialize
 
 TINY = dict(iterations=40, interval=20, eval=True, white_background=True, sh_degree=1,
             sh_degree_interval=10, densify_from_iter=5, densify_until_iter=35,
@@ -100,6 +103,17 @@ def test_resume_from_a_checkpoint_ends_exactly_like_the_uninterrupted_run(
     assert latest_checkpoint(tmp_path).name == "chkpnt40.pth"
 
 
+def test_a_checkpoint_of_the_earlier_face_frame_is_one_line(subject, trained, tmp_path):
+    model, _, _ = trained
+    state = read_checkpoint(model / "chkpnt20.pth")
+    write_bytes(tmp_path / "chkpnt20.pth", serialize({**state, "format": "fresnel.avatars/1"}))
+    with pytest.raises(SystemExit) as exc:
+        main(["avatars_train", "-s", str(subject), "-m", str(tmp_path / "m"), "--iterations", "40",
+              "--start_checkpoint", str(tmp_path / "chkpnt20.pth")])  # fmt: skip
+    assert "before this package took GaussianAvatars' face frame" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
 def test_the_same_options_give_byte_identical_checkpoints(subject, tmp_path):
     options = AvatarOptions(**{**TINY, **ALL, "iterations": 12, "interval": 12})
     for name in ("a", "b"):
@@ -108,7 +122,7 @@ def test_the_same_options_give_byte_identical_checkpoints(subject, tmp_path):
 
 
 def test_training_lowers_the_loss_and_the_rig_beats_the_frozen_avatar(subject, tmp_path):
-    options = AvatarOptions(**{**TINY, "iterations": 150, "interval": 150})
+    options = AvatarOptions(**{**TINY, "iterations": 100, "interval": 100})
     training = AvatarTraining(load_scene(subject), options, resolve("cpu"))
     before = training.evaluate("train")["psnr"]
     for _ in range(options.iterations):
@@ -175,7 +189,37 @@ def test_render_and_metrics_commands_write_the_guide_layout(trained, subject, ca
     assert render_sets(loaded, model / "again", ["val"])["val/ours"].is_dir()
 
 
+def test_metrics_over_several_model_folders_is_one_table(trained, tmp_path, capsys):
+    model, _, _ = trained
+    main(["avatars_render", "-m", str(model), "--iteration", "40", "--skip_train", "--skip_test",
+          "--target", "cpu"])  # fmt: skip
+    other = shutil.copytree(model, tmp_path / "other")
+    main(["avatars_metrics", "-m", str(model), str(other), "--table", str(tmp_path / "t.md")])
+    table = (tmp_path / "t.md").read_text()
+    assert capsys.readouterr().out.endswith(table)
+    rows = [line for line in table.splitlines() if "| val/ours_40 |" in line]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {model}", f"| {other}"]
+    assert rows[0].split(" | ")[2:] == rows[1].split(" | ")[2:]  # the same renders, same scores
+    assert (other / "results.json").is_file()
+
+
 def test_a_missing_dataset_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["avatars_train", "-s", str(tmp_path / "none"), "-m", str(tmp_path / "m")])
     assert "transforms_train.json not found" in str(exc.value)
+
+
+def test_a_preset_by_hand_is_the_guides_schedule_and_says_so(tmp_path, caplog):
+    params = Path(__file__).parents[2] / "params.yaml"
+    avatars = yaml.safe_load(params.read_text())["avatars"]
+    options = AvatarOptions.from_dict(opts.preset_options(avatars, "balanced"))
+    assert (options.iterations, options.resolution_milestones) == (600_000, "100000,300000")
+    assert options.enabled() == ["region_adaptive_loss", "smart_densification",
+                                 "progressive_resolution", "color_calibration", "amp"]  # fmt: skip
+    assert options.region_weight_eyes == 2.0 and options.densify_percentile_clone == 75
+    assert opts.run_options(avatars, "balanced")["iterations"] == 400  # the DAG's demo budget
+    caplog.set_level(logging.INFO)
+    with pytest.raises(SystemExit):  # no dataset: it stops before training, having said it
+        main(["avatars_train", "-s", str(tmp_path / "none"), "-m", str(tmp_path / "m"),
+              "--preset", "balanced", "--params", str(params)])  # fmt: skip
+    assert "600000 iterations, resolution milestones 100000,300000" in caplog.text

@@ -26,13 +26,13 @@ def _make_dataset(args) -> None:
 
 
 def _preset(args) -> dict:
-    """A preset's options from params.yaml's `avatars` section (the guide's presets)."""
+    """A preset's switches (params.yaml `avatars.runs`), the guide's values for the rest."""
     if not args.preset:
         return {}
-    from fresnel.avatars.options import run_options
+    from fresnel.avatars.options import preset_options
     from fresnel.params import for_command
 
-    return run_options(for_command(args.params)["avatars"], args.preset)
+    return preset_options(for_command(args.params)["avatars"], args.preset)
 
 
 def _train(args) -> None:
@@ -41,6 +41,11 @@ def _train(args) -> None:
     from fresnel.config import given_options
 
     options = AvatarOptions.from_dict({**_preset(args), **given_options(args, AvatarOptions)})
+    if args.preset:
+        logging.getLogger("fresnel").info(
+            "preset %s: %s; %d iterations, resolution milestones %s (flags given override "
+            "these)", args.preset, ", ".join(options.enabled()) or "no additions",
+            options.iterations, options.resolution_milestones)  # fmt: skip
     target = device.announce(args.target)
     print(train(args.source_path, args.model_path, options, target, args.start_checkpoint,
                 progress=not args.quiet))  # fmt: skip
@@ -68,10 +73,29 @@ def _render(args) -> None:
 
 
 def _metrics(args) -> None:
+    """Upstream's metrics.py -m A B ...: each model's results.json, then one table of all."""
     from fresnel.avatars.evaluate import evaluate_folders
+    from fresnel.io import write_bytes
 
-    for key, scores in evaluate_folders(args.model_path, args.lpips_weights).items():
-        print(key, scores)
+    results = {model: evaluate_folders(model, args.lpips_weights) for model in args.model_paths}
+    table = metrics_table(results)
+    print(table, end="")
+    if args.table:
+        write_bytes(args.table, table.encode())
+
+
+def metrics_table(results: dict[str, dict]) -> str:
+    """Markdown: one row per model folder and rendered set (`{split}/{method}_{N}`)."""
+    lines = [
+        "| model | set | PSNR | SSIM | LPIPS | L1 | views |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, sets in results.items():
+        for key, row in sets.items():
+            lpips = f"{row['LPIPS']:.4f}" if isinstance(row["LPIPS"], float) else row["LPIPS"]
+            lines.append(f"| {model} | {key} | {row['PSNR']:.2f} | {row['SSIM']:.4f} | {lpips} "
+                         f"| {row['L1']:.4f} | {row['views']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def add_commands(sub) -> None:
@@ -92,8 +116,9 @@ def add_commands(sub) -> None:
     p.add_argument("-m", "--model_path", required=True, help="output model folder")
     p.add_argument("--start_checkpoint", default=None, help="chkpnt{N}.pth to resume from")
     p.add_argument("--preset", default=None,
-                   help="a run of params.yaml avatars.runs: baseline, ultra_efficient, balanced, "
-                        "quality_first (flags given too override it)")  # fmt: skip
+                   help="the additions of a run of params.yaml avatars.runs (baseline, "
+                        "ultra_efficient, balanced, quality_first) with the guide's values and "
+                        "schedule; flags given too override it")  # fmt: skip
     p.add_argument("--params", help="params file for --preset (default: ./params.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device.add_target_argument(p)
@@ -113,6 +138,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_render)
 
     p = sub.add_parser("avatars_metrics", help="GaussianAvatars: PSNR/SSIM/LPIPS (metrics.py)")
-    p.add_argument("-m", "--model_path", required=True)
+    p.add_argument("-m", "--model_paths", "--model_path", nargs="+", required=True,
+                   help="one or more model folders, as upstream's metrics.py -m")  # fmt: skip
+    p.add_argument("--table", default=None, help="also write the table (markdown) here")
     p.add_argument("--lpips_weights", default="", help="torchvision AlexNet weights for LPIPS")
     p.set_defaults(func=_metrics)

@@ -122,6 +122,15 @@ def run_options(avatars: dict, run: str) -> dict:
     return {**options, **change}
 
 
+def preset_options(avatars: dict, preset: str) -> dict:
+    """What `avatars_train --preset NAME` starts from: the switches of the additions the named
+    run turns on, every other flag at its default (the guide's values and its 600,000-iteration
+    schedule). params.yaml's `train` and `additions` values, the CPU-sized demo budget, are the
+    DAG's override (`run_options`), not the preset's."""
+    base_run, change = _base_run(avatars, preset)
+    return {**{ADDITIONS[a][0]: True for a in avatars["runs"][base_run]}, **change}
+
+
 def run_param_paths(avatars: dict, run: str) -> list[str]:
     """The params.yaml keys a run reads: editing any other one leaves the run up to date."""
     base_run, change = _base_run(avatars, run)
