@@ -72,5 +72,5 @@ def test_a_folder_without_the_layout_is_a_clear_error(tmp_path):
     with pytest.raises(data.DatasetError, match=r"transforms_train\.json not found"):
         data.read_split(tmp_path, "train")
     (tmp_path / "transforms_val.json").write_text(json.dumps({"frames": [{"file_path": "x"}]}))
-    with pytest.raises(data.DatasetError, match="a frame lacks the key"):
+    with pytest.raises(data.DatasetError, match="frame 0 lacks the key"):
         data.read_split(tmp_path, "val")

@@ -99,7 +99,7 @@ def metrics_table(results: dict[str, dict]) -> str:
 
 
 def add_commands(sub) -> None:
-    from fresnel.avatars.options import AvatarOptions
+    from fresnel.avatars.options import RANGES, AvatarOptions, range_text
     from fresnel.config import add_option_flags
 
     p = sub.add_parser("avatars_make_dataset", help="GaussianAvatars: synthetic head dataset")
@@ -122,7 +122,8 @@ def add_commands(sub) -> None:
     p.add_argument("--params", help="params file for --preset (default: ./params.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device.add_target_argument(p)
-    add_option_flags(p, AvatarOptions, "switch")  # upstream's store_true, plus --no_<switch>
+    ranges = {flag: f"must be {range_text(flag)}" for flag in RANGES}
+    add_option_flags(p, AvatarOptions, "switch", help=ranges)  # upstream's store_true, --no_<x>
     p.set_defaults(func=_train)
 
     p = sub.add_parser("avatars_render", help="GaussianAvatars: render a model (render.py)")

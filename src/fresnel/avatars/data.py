@@ -74,25 +74,85 @@ def look_at(centre: Tensor, target: Tensor, up=(0.0, 1.0, 0.0)) -> Tensor:
 
 
 def read_split(root, split: str) -> list[Frame]:
-    """The frames of `transforms_<split>.json` under `root`."""
+    """The frames of `transforms_<split>.json` under `root`, each camera checked (`_frame`)."""
     root = Path(root)
     path = root / f"transforms_{split}.json"
     if not path.is_file():
         raise DatasetError(f"{path} not found: a GaussianAvatars dataset folder holds "
                            "transforms_{train,val,test}.json, images/ and flame_param/")  # fmt: skip
-    meta = json.loads(path.read_text())
     try:
-        return [_frame(root, {**meta, **frame}) for frame in meta["frames"]]
-    except KeyError as exc:
-        raise DatasetError(f"{path}: a frame lacks the key {exc}") from None
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+        raise DatasetError(f"{path}: expected an object with a 'frames' list")
+    frames = []
+    for index, frame in enumerate(meta["frames"]):
+        try:
+            frames.append(_frame(root, {**meta, **frame}))
+        except KeyError as exc:
+            raise DatasetError(f"{path}: frame {index} lacks the key {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{path}: frame {index} ({frame.get('file_path')}): {exc}") from None
+    return frames
 
 
 def _frame(root: Path, f: dict) -> Frame:
-    camera = Camera(float(f["fl_x"]), float(f["fl_y"]), float(f["cx"]), float(f["cy"]),
-                    int(f["w"]), int(f["h"]))  # fmt: skip
-    c2w = torch.tensor(f["transform_matrix"], dtype=torch.float32)
-    return Frame(root / f["file_path"], camera, viewmat_from_c2w(c2w), int(f["timestep_index"]),
-                 int(f["camera_index"]), root / f["flame_param_path"])  # fmt: skip
+    """One frame; ValueError for a camera that cannot be rendered (non-finite or non-numeric
+    values, focal lengths <= 0, a size below one pixel, a matrix that is not a pose)."""
+    intrinsics = [f[key] for key in ("fl_x", "fl_y", "cx", "cy", "w", "h")]
+    if not all(_finite_number(value) for value in intrinsics):
+        raise ValueError(f"fl_x, fl_y, cx, cy, w, h must be finite numbers, got {intrinsics}")
+    if not (intrinsics[0] > 0 and intrinsics[1] > 0):
+        raise ValueError(f"fl_x and fl_y must be > 0, got {intrinsics[:2]}")
+    if intrinsics[4] < 1 or intrinsics[5] < 1:
+        raise ValueError(f"w and h must be >= 1 pixel, got {intrinsics[4:]}")
+    camera = Camera(*(float(v) for v in intrinsics[:4]), int(intrinsics[4]), int(intrinsics[5]))
+    return Frame(root / f["file_path"], camera, viewmat_from_c2w(_pose(f["transform_matrix"])),
+                 int(f["timestep_index"]), int(f["camera_index"]),
+                 root / f["flame_param_path"])  # fmt: skip
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pose(matrix) -> Tensor:
+    """A camera-to-world matrix, checked: finite 4x4, rotation part a rotation, last row 0 0 0 1."""
+    try:
+        c2w = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        c2w = np.empty(0)
+    if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
+        raise ValueError(f"transform_matrix must be a finite 4x4 matrix, got {str(matrix)[:60]}")
+    rotation = c2w[:3, :3]
+    if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or np.linalg.det(rotation) < 0:
+        raise ValueError("transform_matrix: its rotation part is not a rotation")
+    if not np.allclose(c2w[3], [0, 0, 0, 1]):
+        raise ValueError("transform_matrix: its last row is not 0 0 0 1")
+    return torch.from_numpy(c2w).float()
+
+
+def check_images(frames: list[Frame]) -> None:
+    """DatasetError naming the first image that is missing, unreadable, or not the size its
+    camera says (every image, before any training step)."""
+    for frame in frames:
+        try:
+            with Image.open(frame.image) as image:
+                size = image.size
+                image.verify()
+        except FileNotFoundError:
+            raise DatasetError(
+                f"{frame.image} not found: the dataset's transforms_*.json names it"
+            ) from None
+        except (OSError, SyntaxError) as exc:
+            raise DatasetError(f"{frame.image}: unreadable image ({exc})") from None
+        expected = (frame.camera.width, frame.camera.height)
+        if size != expected:
+            raise DatasetError(
+                f"{frame.image}: {size[0]}x{size[1]} pixels, but its transforms_*.json camera "
+                f"says w x h = {expected[0]}x{expected[1]}"
+            )
 
 
 @dataclass

@@ -8,6 +8,7 @@ guide's (its Balanced preset's weights, percentiles and schedule)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from fresnel.config import ConfigError, apply_overrides
@@ -31,6 +32,34 @@ ADDITIONS = {
     "amp": ("use_amp", ()),
 }
 SWITCHES = {switch for switch, _ in ADDITIONS.values()}
+
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = (0, None, True), (0, None, False), (1, None, False)
+# flag -> (lowest, highest or None, whether the lowest itself is excluded): checked before any
+# training step (`AvatarOptions.check`) and stated in --help
+RANGES = {
+    **dict.fromkeys(("iterations", "interval", "gaussians_per_face", "sh_degree_interval",
+                     "densification_interval", "opacity_reset_interval", "color_net_hidden_dim",
+                     "contrastive_cache_size"), _AT_LEAST_ONE),
+    **dict.fromkeys(("seed", "densify_from_iter", "densify_until_iter", "max_screen_size",
+                     "flame_expr_lr", "flame_pose_lr", "flame_trans_lr", "lambda_xyz",
+                     "lambda_scale", "lambda_color_reg", "lambda_contrastive"), _NON_NEGATIVE),
+    **dict.fromkeys(("position_lr_init", "position_lr_final", "feature_lr", "opacity_lr",
+                     "scaling_lr", "rotation_lr", "threshold_xyz", "threshold_scale",
+                     "densify_grad_threshold", "region_weight_eyes", "region_weight_mouth",
+                     "region_weight_nose"), _POSITIVE),
+    "sh_degree": (0, 3, False), "lambda_dssim": (0, 1, False), "percent_dense": (0, 1, True),
+    "min_opacity": (0, 1, False),
+    "densify_percentile_clone": (0, 100, False), "densify_percentile_split": (0, 100, False),
+}  # fmt: skip
+
+
+def range_text(flag: str) -> str:
+    low, high, open_low = RANGES[flag]
+    if high is not None:
+        return f"in {'(' if open_low else ''}{low}..{high}"
+    return f"> {low}" if open_low else f">= {low}"
+
+
 ADDITION_FLAGS = {flag for _, flags in ADDITIONS.values() for flag in flags}
 
 
@@ -96,9 +125,26 @@ class AvatarOptions:
     @classmethod
     def from_dict(cls, values: dict, source: str = "options") -> AvatarOptions:
         try:
-            return apply_overrides(cls(), values)
+            return apply_overrides(cls(), values).check()
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+
+    def check(self) -> AvatarOptions:
+        """ConfigError naming the first flag out of its range (`RANGES`) or a resolution
+        schedule that cannot be followed; the options themselves otherwise."""
+        from fresnel.avatars.schedule import ResolutionSchedule
+
+        for flag, (low, high, open_low) in RANGES.items():
+            value = getattr(self, flag)
+            inside = math.isfinite(value) and (value > low if open_low else value >= low)
+            if not inside or (high is not None and value > high):
+                raise ConfigError(f"--{flag} {value}: must be {range_text(flag)}")
+        if self.use_progressive_resolution:
+            try:
+                ResolutionSchedule.parse(self.resolution_schedule, self.resolution_milestones)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return self
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -41,6 +41,12 @@ PLY_TYPES = {
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }  # fmt: skip
 MAX_HEADER_BYTES = 1 << 16
+
+
+class PlyError(ValueError):
+    """A file that is not a GaussianAvatars PLY (the message names it and what is wrong)."""
+
+
 # The legacy frame (e, n x e, n) is GaussianAvatars' (e, n, e x n) turned by +90 degrees about
 # local x; its local parameters come into the current frame by the inverse turn.
 LEGACY_TO_CURRENT = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -77,20 +83,23 @@ def load_ply(path: str | os.PathLike, num_faces: int | None = None) -> BoundGaus
     """Read a GaussianAvatars PLY (upstream's or `save_ply`'s) bound to a mesh of `num_faces`
     triangles (None: only a legacy file, which names its face count, may omit it).
 
-    Raises ValueError naming the file and what is missing when it is not such a PLY."""
+    Raises PlyError naming the file and what is wrong when it is not such a PLY."""
     path = Path(path)
     data = path.read_bytes()
     count, dtype, legacy_faces = _parse_header(path, data)
     body = data[data.index(END_HEADER) + len(END_HEADER) :]
     if len(body) < count * dtype.itemsize:
-        raise ValueError(
+        raise PlyError(
             f"{path}: truncated: {len(body)} data bytes, need {count * dtype.itemsize} "
             f"for {count} vertices"
         )
     table = np.frombuffer(body, dtype=dtype, count=count)
+    bad = [name for name in dtype.names if not np.isfinite(table[name]).all()]
+    if bad:
+        raise PlyError(f"{path}: NaN or infinite values in {', '.join(bad[:6])}")
     num_faces = num_faces if num_faces is not None else legacy_faces
     if num_faces is None:
-        raise ValueError(f"{path}: the mesh's face count is needed to bind it (num_faces)")
+        raise PlyError(f"{path}: the mesh's face count is needed to bind it (num_faces)")
     gaussians = _gaussians(path, table, num_faces)
     return _from_legacy_frame(gaussians) if "binding" in dtype.names else gaussians
 
@@ -137,10 +146,10 @@ def _parse_header(path: Path, data: bytes) -> tuple[int, np.dtype, int | None]:
     """(vertex count, structured dtype of a vertex row, a legacy file's num_faces comment)."""
     end = data.find(END_HEADER, 0, MAX_HEADER_BYTES)
     if not data.startswith(b"ply\n") or end < 0:
-        raise ValueError(f"{path}: not a PLY file (missing 'ply' magic or 'end_header')")
+        raise PlyError(f"{path}: not a PLY file (missing 'ply' magic or 'end_header')")
     lines = data[:end].decode("ascii", errors="replace").splitlines()[1:]
     if FORMAT_LINE not in lines:
-        raise ValueError(f"{path}: missing '{FORMAT_LINE}' in the PLY header")
+        raise PlyError(f"{path}: missing '{FORMAT_LINE}' in the PLY header")
     count, fields, num_faces = None, [], None
     for line in lines:
         words = line.split()
@@ -148,16 +157,16 @@ def _parse_header(path: Path, data: bytes) -> tuple[int, np.dtype, int | None]:
             num_faces = _header_int(path, line)
         elif words[:1] == ["element"]:
             if count is not None or words[1:2] != ["vertex"]:
-                raise ValueError(f"{path}: expected a single 'element vertex', got '{line}'")
+                raise PlyError(f"{path}: expected a single 'element vertex', got '{line}'")
             count = _header_int(path, line)
         elif words[:1] == ["property"]:
             fields.append(_field(path, words))
     if count is None:
-        raise ValueError(f"{path}: missing 'element vertex N' in the PLY header")
+        raise PlyError(f"{path}: missing 'element vertex N' in the PLY header")
     try:
         dtype = np.dtype(fields)
     except ValueError as exc:  # e.g. a property named twice
-        raise ValueError(f"{path}: bad PLY properties: {exc}") from None
+        raise PlyError(f"{path}: bad PLY properties: {exc}") from None
     return count, dtype, num_faces
 
 
@@ -165,13 +174,13 @@ def _header_int(path: Path, line: str) -> int:
     """The count that ends a header line such as 'element vertex 12'."""
     words = line.split()
     if len(words) != 3 or not words[2].isdigit():
-        raise ValueError(f"{path}: malformed PLY header line '{line}'")
+        raise PlyError(f"{path}: malformed PLY header line '{line}'")
     return int(words[2])
 
 
 def _field(path: Path, words: list[str]) -> tuple[str, str]:
     if len(words) != 3 or words[1] not in PLY_TYPES:
-        raise ValueError(f"{path}: unsupported PLY property '{' '.join(words)}'")
+        raise PlyError(f"{path}: unsupported PLY property '{' '.join(words)}'")
     return words[2], "<" + PLY_TYPES[words[1]]
 
 
@@ -179,7 +188,7 @@ def _gaussians(path: Path, table: np.ndarray, num_faces: int) -> BoundGaussians:
     channels, k = _sh_layout(path, set(table.dtype.names))
     binding = _binding(path, table)
     if len(binding) and not (binding.min() >= 0 and binding.max() < num_faces):
-        raise ValueError(f"{path}: binding outside 0..{num_faces - 1} (num_faces {num_faces})")
+        raise PlyError(f"{path}: binding outside 0..{num_faces - 1} (num_faces {num_faces})")
     n = len(table)
     dc = _stack(table, [f"f_dc_{i}" for i in range(channels)]).reshape(n, 1, channels)
     rest = _stack(table, [f"f_rest_{i}" for i in range(channels * (k - 1))])
@@ -200,10 +209,10 @@ def _binding(path: Path, table: np.ndarray) -> np.ndarray:
     names = table.dtype.names
     column = "binding_0" if "binding_0" in names else "binding" if "binding" in names else None
     if column is None:
-        raise ValueError(f"{path}: missing PLY property binding_0 (each Gaussian's face id)")
+        raise PlyError(f"{path}: missing PLY property binding_0 (each Gaussian's face id)")
     values = table[column]
     if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-        raise ValueError(f"{path}: {column} holds values that are not face ids")
+        raise PlyError(f"{path}: {column} holds values that are not face ids")
     return values.astype(np.int64)
 
 
@@ -213,10 +222,10 @@ def _sh_layout(path: Path, names: set[str]) -> tuple[int, int]:
     rest = _count_prefixed(names, "f_rest_")
     missing = [name for name in property_names(channels, rest)[:-1] if name not in names]
     if channels == 0 or missing:
-        raise ValueError(f"{path}: missing PLY properties: {', '.join(missing or ['f_dc_0'])}")
+        raise PlyError(f"{path}: missing PLY properties: {', '.join(missing or ['f_dc_0'])}")
     k = 1 + rest // channels
     if rest % channels or math.isqrt(k) ** 2 != k:
-        raise ValueError(f"{path}: {rest} f_rest_* for {channels} channels is no SH degree")
+        raise PlyError(f"{path}: {rest} f_rest_* for {channels} channels is no SH degree")
     return channels, k
 
 

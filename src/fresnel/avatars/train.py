@@ -393,6 +393,7 @@ def announce(options: AvatarOptions, training: AvatarTraining) -> None:
 def train(source, model_dir, options: AvatarOptions, target: Target,
           start_checkpoint=None, progress: bool = True) -> dict:  # fmt: skip
     """Train on the dataset at `source` into `model_dir`; returns the run's summary."""
+    options.check()
     if not options.bind_to_mesh:
         raise ValueError("this trainer binds every Gaussian to the head mesh: pass --bind_to_mesh")
     model_dir = Path(model_dir)
