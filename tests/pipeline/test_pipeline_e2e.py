@@ -1,5 +1,6 @@
 """End to end: the demo DAG offline, and Snakemake and DVC agreeing about what is stale."""
 
+import hashlib
 import json
 import os
 import re
@@ -179,6 +180,13 @@ def test_a_release_of_the_decoder_targets_pulls_into_a_fresh_clone_with_nothing_
     run("git commit -qam 'pbr as before'", demo)
 
 
+def file_digests(folder) -> dict[str, str]:
+    """sha256 of every file under `folder` (Snakemake's timestamp marker left out)."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != ".snakemake_timestamp"}  # fmt: skip
+
+
 def test_a_killed_run_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
     """SIGKILL everything the snakemake command started (snakemake and its decoder_train job,
     as a lost terminal would) after the first epoch: no hook runs and the lock stays. The
@@ -188,6 +196,7 @@ def test_a_killed_run_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
     invocation is refused. Runs last: it rebuilds decoder_train and leaves both tools clean."""
     final = demo / "results/decoder_exp2/decoder_exp2_last.pt"
     uninterrupted = final.read_bytes()  # the fixture's run: 2 epochs, never interrupted
+    files = file_digests(final.parent)  # to name the files that differ, should any
     hashes = output_hashes(demo)
     command = "snakemake --profile cpu results/decoder_exp2 --forcerun decoder_train"
     first = start(command, demo)
@@ -214,6 +223,10 @@ def test_a_killed_run_resumes_on_the_plain_rerun_and_ends_byte_identical(demo):
     log = (demo / "logs/decoder_train_exp2.log").read_text()
     assert "resuming the unfinished run" in log and "after epoch 1" in log, log
     assert final.read_bytes() == uninterrupted
+    changed = {
+        name for name, digest in file_digests(final.parent).items() if files.get(name) != digest
+    }
+    assert not changed, f"the resumed run's files differ from the uninterrupted run's: {changed}"
     assert not list(demo.glob(".fresnel-runs/decoder_train-2-*"))
     record = json.loads((demo / "provenance/decoder_train-2.json").read_text())
     assert record["stats"]["checkpoint"] == "results/decoder_exp2/decoder_exp2_last.pt"
